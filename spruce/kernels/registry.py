@@ -71,6 +71,22 @@ class Kernel:
         y = self.matmul(packed, x2.t().contiguous(), bias, activation)  # [M, N]
         return y.t().reshape(*lead, y.shape[0])
 
+    def conv2d(self, packed: Any, x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int] = (1, 1),
+               padding: tuple[int, int] = (0, 0), dilation: tuple[int, int] = (1, 1),
+               bias: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
+        """Convolution with the im2col-flattened weight ``W`` ``[C_out, C_in*kh*kw]`` (groups=1).
+
+        ``x`` is ``[B, C_in, H, W]``; returns ``[B, C_out, H_out, W_out]``. The default materialises the im2col
+        matrix (``unfold``) and calls ``matmul`` per image; kernels with a direct sparse convolution override it.
+        """
+        b, _, h, w = x.shape
+        kh, kw = kernel_size
+        h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        w_out = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        cols = torch.nn.functional.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)
+        outs = [self.matmul(packed, cols[i].contiguous(), bias, activation) for i in range(b)]  # [C_out, L] each
+        return torch.stack(outs).reshape(b, -1, h_out, w_out)
+
     def weight_bytes(self, packed: Any) -> int:
         raise NotImplementedError
 
