@@ -1,0 +1,211 @@
+"""``PruningCallback``: a thin Lightning callback that drives a ``MagnitudePruner`` with a sparsity schedule.
+
+Life cycle inside ``Trainer.fit`` (Lightning 2.6 order):
+
+1. ``setup``: resolve the layers and attach the ``weight_mask`` buffers. Lightning calls ``setup`` *before* it
+   restores ``ckpt_path``, so the strict state-dict load restores the saved masks.
+2. ``load_state_dict`` (resume only): the pruner state (last target, last pruned step, movement scores).
+3. ``on_train_start``: convert epochs to optimizer steps, hook every optimizer so the masks are re-applied right
+   after each ``optimizer.step()`` (momentum, Adam moments and weight decay cannot revive a pruned weight),
+   and prune to the schedule's target at the current ``global_step`` (0, or the resumed step).
+4. ``on_before_optimizer_step``: accumulate movement scores (``score="movement"`` only).
+5. ``on_train_batch_end``: prune when the target at ``trainer.global_step`` (steps done) changed; log
+   ``prune/target``, ``sparsity/overall`` and ``sparsity/<fqn>`` on every step.
+6. ``on_fit_end``: re-apply the masks (exact zeros where a mask is ``False``); ``teardown`` removes the hooks.
+
+Layer names are relative to ``pl_module.<module_attr>`` (default ``model``, i.e. the contract's ``<fqn>``), or to
+the LightningModule itself when it has no such attribute.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import nn
+
+from spruce.prune.layers import default_prunable, infer_family, prunable_layers
+from spruce.prune.masks import MASKABLE
+from spruce.prune.pruner import SCOPES, MagnitudePruner
+from spruce.prune.schedule import agp_sparsity, check_agp_args, iterative_prune_steps, iterative_sparsity, \
+    oneshot_sparsity
+from spruce.prune.scores import SCORES
+
+METHODS = ("agp", "oneshot", "iterative")
+UNITS = ("step", "epoch")
+STATE_VERSION = 1
+
+
+def _number(name: str, value: Any, integer: bool) -> None:
+    kind = "an integer" if integer else "a number"
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float)) and value >= 0
+    if not ok or (not integer and not math.isfinite(value)):
+        raise ValueError(f"prune {name}={value!r} is not allowed; it must be {kind} >= 0")
+
+
+class PruningCallback(pl.Callback):
+    """Prune ``nn.Linear``/``nn.Conv2d`` layers during ``Trainer.fit`` following a schedule.
+
+    Args:
+        method: ``"agp"`` (cubic, Zhu & Gupta 2017), ``"oneshot"`` (``final`` at ``start``) or ``"iterative"``
+            (``iterations`` equal-ratio rounds from ``start`` to ``end``).
+        initial: AGP sparsity at ``start``, in ``[0, final]``.
+        final: sparsity reached at ``end`` and held, in ``[0, 1)``.
+        start, end: pruning window, ``start <= end``, in ``unit``s.
+        every: AGP prunes every ``every`` ``unit``s (>= 1 step after conversion).
+        unit: ``"step"`` (optimizer steps, integers) or ``"epoch"`` (numbers, may be fractional; converted with
+            ``ceil(trainer.num_training_batches / accumulate_grad_batches)`` optimizer steps per epoch).
+        iterations: rounds of ``"iterative"``.
+        scope: ``"layerwise"`` or ``"global"``.
+        score: ``"magnitude"`` or ``"movement"`` (Sanh et al. 2020, hard top-k, monotone masks).
+        layers: fqn or patterns (``fnmatch``, or ``"re:<regex>"``) of the layers to prune; ``None``: the
+            ``family``'s default layers (``spruce.prune.default_prunable``).
+        family: ``"vgg"`` or ``"bert"``; ``None``: inferred from the model when ``layers`` is ``None``.
+        prune_classifier: VGG only: whether the last Linear (the classifier) is pruned by default.
+        module_attr: attribute of the LightningModule holding the model the layer names refer to.
+    """
+
+    def __init__(self, method: str = "agp", initial: float = 0.0, final: float = 0.9, start: float = 0,
+                 end: float = 1000, every: float = 1, unit: str = "step", iterations: int = 5,
+                 scope: str = "layerwise", score: str = "magnitude", layers: Sequence[str] | None = None,
+                 family: str | None = None, prune_classifier: bool = True, module_attr: str | None = "model") -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"prune method={method!r} is not allowed; allowed: {', '.join(METHODS)}")
+        if unit not in UNITS:
+            raise ValueError(f"prune unit={unit!r} is not allowed; allowed: {', '.join(UNITS)}")
+        if scope not in SCOPES:
+            raise ValueError(f"prune scope={scope!r} is not allowed; allowed: {', '.join(SCOPES)}")
+        if score not in SCORES:
+            raise ValueError(f"prune score={score!r} is not allowed; allowed: {', '.join(SCORES)}")
+        integer = unit == "step"
+        for name, value in (("start", start), ("end", end), ("every", every)):
+            _number(name, value, integer)
+        if every <= 0:
+            raise ValueError(f"prune every={every!r} is not allowed; it must be > 0")
+        # Validate the schedule now (configuration errors at start-up), with placeholder steps for epochs.
+        check_agp_args(initial, final, 0, 1 if end > start else 0, 1)
+        if start > end:
+            raise ValueError(f"prune start={start} > end={end} is not allowed; pruning must start at or before it ends")
+        iterative_prune_steps(0, 1, iterations)
+        if layers is not None:
+            layers = [layers] if isinstance(layers, str) else [str(x) for x in layers]  # ListConfig -> list
+        if family is not None and family not in ("vgg", "bert"):
+            raise ValueError(f"prune family={family!r} is not allowed; allowed: vgg, bert (or null)")
+        self.method, self.initial, self.final = method, float(initial), float(final)
+        self.start, self.end, self.every, self.unit, self.iterations = start, end, every, unit, iterations
+        self.layers, self.family, self.prune_classifier, self.module_attr = layers, family, prune_classifier, module_attr
+        self.pruner = MagnitudePruner(scope=scope, score=score)
+        self.steps: dict[str, int] | None = None  # the schedule in optimizer steps, set in on_train_start
+        self.last_step = -1  # global step of the last schedule evaluation that changed the masks
+        self._sparsity: dict[str, float] = {}
+        self._hooks: list[Any] = []
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+    def target_module(self, pl_module: nn.Module) -> nn.Module:
+        """The model whose layer names the callback uses (``pl_module.<module_attr>`` or ``pl_module``)."""
+        inner = getattr(pl_module, self.module_attr, None) if self.module_attr else None
+        return inner if isinstance(inner, nn.Module) else pl_module
+
+    def resolve_layers(self, model: nn.Module) -> list[str]:
+        """The layer fqn this callback prunes in ``model``."""
+        if self.layers is not None:
+            return prunable_layers(model, include=self.layers)
+        family = self.family or infer_family(model)
+        if family is None:
+            raise ValueError(f"cannot infer the model family of {type(model).__name__}; "
+                             f"set prune.layers=[...] or prune.family=vgg|bert")
+        return default_prunable(model, family, prune_classifier=self.prune_classifier)
+
+    def steps_per_epoch(self, trainer: pl.Trainer) -> int:
+        """Optimizer steps per training epoch."""
+        n = trainer.num_training_batches
+        if not math.isfinite(n) or n <= 0:
+            raise ValueError(f"prune unit='epoch' needs a sized train dataloader (num_training_batches={n}); "
+                             f"use prune.unit=step")
+        return max(1, math.ceil(n / max(1, trainer.accumulate_grad_batches)))
+
+    def schedule_steps(self, trainer: pl.Trainer) -> dict[str, int]:
+        """``start``/``end``/``every`` converted to optimizer steps."""
+        if self.unit == "step":
+            return {"start": int(self.start), "end": int(self.end), "every": int(self.every)}
+        spe = self.steps_per_epoch(trainer)
+        return {"start": round(self.start * spe), "end": round(self.end * spe),
+                "every": max(1, round(self.every * spe))}
+
+    def target_at(self, step: int) -> float:
+        """The schedule's target sparsity after ``step`` optimizer steps (needs ``self.steps``)."""
+        s = self.steps
+        if s is None:
+            raise ValueError("the schedule is not resolved yet; it is set in on_train_start")
+        if self.method == "agp":
+            return agp_sparsity(step, self.initial, self.final, s["start"], s["end"], s["every"])
+        if self.method == "oneshot":
+            return oneshot_sparsity(step, self.final, s["start"])
+        return iterative_sparsity(step, self.final, s["start"], s["end"], self.iterations)
+
+    def sparsity(self) -> dict[str, float]:
+        """Achieved sparsity ``{fqn: fraction of zeros, ..., "overall": float}`` of the pruned layers."""
+        return self.pruner.sparsity()
+
+    def _maybe_prune(self, step: int) -> None:
+        target = self.target_at(step)
+        if target != self.pruner.target:
+            self._sparsity = self.pruner.step(target)
+            self.last_step = step
+        elif not self._sparsity:
+            self._sparsity = self.pruner.sparsity()
+
+    def _remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    # ---- Lightning hooks --------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        model = self.target_module(pl_module)
+        if not any(isinstance(m, MASKABLE) for m in model.modules()):
+            raise ValueError(f"{type(pl_module).__name__} has no nn.Linear/nn.Conv2d when callbacks are set up; "
+                             f"build the model in LightningModule.__init__ (callbacks' setup runs before "
+                             f"LightningModule.setup/configure_model, and masks must exist before a restore)")
+        self.pruner.prepare(model, self.resolve_layers(model))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.steps = self.schedule_steps(trainer)
+        self._remove_hooks()
+        self._hooks = [self.pruner.hook_optimizer(opt) for opt in trainer.optimizers]
+        self.pruner.apply_masks()
+        self._sparsity = {}
+        self._maybe_prune(trainer.global_step)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        self.pruner.accumulate()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._maybe_prune(trainer.global_step)
+        pl_module.log("prune/target", self.pruner.target, on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log("sparsity/overall", self._sparsity["overall"], on_step=True, on_epoch=False,
+                      prog_bar=True, batch_size=1)
+        pl_module.log_dict({f"sparsity/{k}": v for k, v in self._sparsity.items() if k != "overall"},
+                           on_step=True, on_epoch=False, batch_size=1)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.pruner.modules:
+            self.pruner.apply_masks()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    # ---- checkpoint state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "method": self.method, "pruner": self.pruner.state_dict(),
+                "last_step": int(self.last_step), "steps": dict(self.steps) if self.steps else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("method") != self.method:
+            raise ValueError(f"checkpoint prune method={state_dict.get('method')!r} differs from this run's "
+                             f"method={self.method!r}; resume with the same prune settings")
+        self.pruner.load_state_dict(state_dict["pruner"])
+        self.last_step = int(state_dict.get("last_step", -1))
