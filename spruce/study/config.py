@@ -1,0 +1,113 @@
+"""The study's configuration: defaults from ``conf/study/default.yaml`` (and ``quick.yaml``), validated up front.
+
+``resolve(cfg)`` merges a plain dict over the defaults. With ``quick=True`` every key still at its default value
+is replaced by ``quick.yaml``'s, so ``bench.py mode=study quick=true`` (which passes the whole default group) and
+``python -m spruce.study --quick`` give the same run, and an explicit override still wins.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "study"
+SOURCES = ("shapes", "ckpt", "dlmc")
+MODELS = ("vgg16", "bert_base")
+WANDB = ("offline", "disabled")
+FORMATS = ("csr", "coo", "bsr")
+
+
+def _load(name: str) -> dict[str, Any]:
+    path = CONF_DIR / name
+    if not path.exists():
+        raise ValueError(f"study config {path} is missing (the repository's conf/study/ group)")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.pop("defaults", None)
+    return data
+
+
+def defaults(quick: bool = False) -> dict[str, Any]:
+    """The default study config (``quick.yaml`` over ``default.yaml`` when ``quick``)."""
+    d = _load("default.yaml")
+    if quick:
+        d.update(_load("quick.yaml"))
+    return d
+
+
+#: keys of bench.py's config that mode=study reads besides its ``study:`` group.
+BENCH_KEYS = ("model", "ckpt", "threads", "seed", "kernels", "quick", "source", "dlmc_dir", "out")
+
+
+def from_bench(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The study keys of a whole ``bench.py`` config: its ``study:`` group, with the top-level ``model`` (a group
+    dict or a name), ``ckpt``, ``threads``, ``seed`` and ``kernels`` (and any study key set at top level) over it
+    where they are not null."""
+    out = dict(cfg.get("study") or {})
+    for k in BENCH_KEYS:
+        v = cfg.get(k)
+        if v is not None:
+            out[k] = v
+    return out
+
+
+def resolve(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """Merge ``cfg`` over the defaults and validate; ValueError with one line naming a bad key or value.
+
+    ``cfg`` is a study config (keys of ``conf/study/default.yaml``) or a whole ``bench.py`` config (recognised
+    by its ``mode`` or ``study`` key; see ``from_bench``).
+    """
+    cfg = dict(cfg or {})
+    if "mode" in cfg or isinstance(cfg.get("study"), dict):
+        cfg = from_bench(cfg)
+    base = defaults(False)
+    unknown = sorted(set(cfg) - set(base))
+    if unknown:
+        raise ValueError(f"unknown study key(s) {unknown}; allowed: {', '.join(sorted(base))}")
+    if isinstance(cfg.get("model"), dict):  # a Hydra model group passed whole
+        cfg["model"] = cfg["model"].get("name")
+    quick = bool(cfg.get("quick", base["quick"]))
+    out = defaults(quick)
+    for k, v in cfg.items():
+        if quick and k != "quick" and v == base.get(k):
+            continue  # left at the default: quick's value stands
+        out[k] = v
+    out["quick"] = quick
+    _validate(out)
+    return out
+
+
+def _validate(c: dict[str, Any]) -> None:
+    if c["model"] is not None and c["model"] not in MODELS:
+        raise ValueError(f"model={c['model']!r} is not allowed; allowed: {', '.join(MODELS)} or null")
+    src = c["source"]
+    if src not in SOURCES and not Path(str(src)).is_dir():
+        raise ValueError(f"source={src!r} is neither one of {', '.join(SOURCES)} nor an existing folder of .smtx")
+    if src == "ckpt" and not c["ckpt"]:
+        raise ValueError("source=ckpt needs ckpt=<path to a pruned .ckpt>")
+    if c["ckpt"] and not Path(str(c["ckpt"])).is_file():
+        raise ValueError(f"ckpt={c['ckpt']!r} does not exist")
+    sps = c["sparsities"]
+    if not isinstance(sps, (list, tuple)) or not sps or not all(0 <= float(s) < 1 for s in sps):
+        raise ValueError(f"sparsities={sps!r} must be a non-empty list of numbers in [0, 1)")
+    ds = c["dlmc_sparsities"]
+    if ds is not None and (not isinstance(ds, (list, tuple)) or not all(0 <= float(s) < 1 for s in ds)):
+        raise ValueError(f"dlmc_sparsities={ds!r} must be null or a list of numbers in [0, 1)")
+    for key in ("batches", "dlmc_ns"):
+        v = c[key]
+        if not isinstance(v, (list, tuple)) or not v or not all(int(b) >= 1 for b in v):
+            raise ValueError(f"{key}={v!r} must be a non-empty list of integers >= 1")
+    bad = [f for f in c["formats"] if f not in FORMATS]
+    if bad:
+        raise ValueError(f"formats {bad} not allowed; allowed: {', '.join(FORMATS)}")
+    for key, lo in (("repeats", 1), ("threads", 1), ("max_n", 1)):
+        if int(c[key]) < lo:
+            raise ValueError(f"{key}={c[key]!r} must be >= {lo}")
+    if c["n_cap"] is not None and int(c["n_cap"]) < 1:
+        raise ValueError(f"n_cap={c['n_cap']!r} must be null or >= 1")
+    if not float(c["budget_s"]) > 0:
+        raise ValueError(f"budget_s={c['budget_s']!r} must be > 0")
+    if c["wandb"] not in WANDB:
+        raise ValueError(f"wandb={c['wandb']!r} is not allowed; allowed: {', '.join(WANDB)}")
+    if not c["kinds"]:
+        raise ValueError("kinds must name at least one generator kind (uniform, magnitude, balanced, ...)")

@@ -1,0 +1,268 @@
+"""Calibrate a ``MachineProfile`` on this machine with micro-benchmarks, cached per machine as JSON.
+
+Measurements (FP32, ``torch.get_num_threads()`` threads):
+
+* peak dense GFLOP/s: ``torch.mm`` of two 768 x 768 matrices (``2 n^3`` FLOPs over the fastest of 10 calls);
+* bandwidth: STREAM-like ``x.sum()`` over a 96 MB tensor (3x the LLC; read bandwidth, what SpMM mostly does),
+  with a copy (read + write) recorded beside it;
+
+Every measurement keeps the fastest call: on a shared machine a short call that ran undisturbed is the machine's
+speed, a long one is an average over other people's time slices.
+* per kernel, on a throw-away uniformly random matrix:
+  - overhead: a 16 x 16 call at 50% with N = 1;
+  - efficiency tables over N in ``EFF_NS`` at each sparsity of ``EFF_SPARSITIES``, 1024 x 1024 (operands in
+    cache): the dense kernel's ``2 M K N / t / peak``; a sparse kernel's from paired dense/sparse rounds
+    (``calibrate_kernel``);
+  - gather penalty: ``GATHER_SHAPE`` (weight bigger than the cache, N = 1, memory-bound): the dense GEMV's
+    ``t / (bytes / bw)``; a sparse kernel's at 90% from paired dense/sparse rounds (``calibrate_kernel``);
+  - conversion: ``prepare`` of 1024 x 2048 at 50% and 95%, solved for ``a M K + b nnz``.
+
+The cache key is the CPU model, the thread count and the torch version; kernels missing from a cached profile
+are calibrated and added, so a kernel that lands later costs only its own calibration.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from spruce.study import perf_model
+from spruce.study.matrices import synthetic_weight
+from spruce.study.profile import MachineProfile, interp_log_n
+from spruce.study.timing import time_call, time_pair
+
+
+def cpu_model() -> str:
+    """The CPU model string (``/proc/cpuinfo``), or the platform's processor name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown-cpu"
+
+
+def llc_bytes() -> float:
+    """Last-level cache size in bytes from sysfs (32 MiB when unknown)."""
+    best = 0
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for idx in sorted(base.glob("index*")) if base.exists() else []:
+        try:
+            txt = (idx / "size").read_text().strip()
+        except OSError:
+            continue
+        mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(txt[-1:], 1)
+        num = txt[:-1] if txt[-1:] in "KMG" else txt
+        if num.isdigit():
+            best = max(best, int(num) * mult)
+    return float(best or 32 * 1024 ** 2)
+
+
+def cache_dir() -> Path:
+    """``$SPRUCE_CACHE`` or ``~/.cache/spruce``."""
+    return Path(os.environ.get("SPRUCE_CACHE", Path.home() / ".cache" / "spruce"))
+
+
+def profile_path(threads: int | None = None) -> Path:
+    """``<cache>/machine-<hash>.json`` keyed by CPU model, threads and torch version."""
+    threads = threads or torch.get_num_threads()
+    key = f"{cpu_model()}|{threads}|{torch.__version__}"
+    return cache_dir() / f"machine-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+
+
+def measure_peak_gflops(n: int = 768, repeats: int = 10) -> float:
+    """Dense FP32 GEMM GFLOP/s of ``torch.mm`` on ``n x n`` operands."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t, _ = time_call(lambda: torch.mm(a, b), repeats=repeats, budget_s=2.0, warmup=2, stat="min")
+    return 2.0 * n ** 3 / t / 1e9
+
+
+def measure_bandwidth_gbs(mbytes: int = 96, repeats: int = 10) -> tuple[float, float]:
+    """``(read GB/s, copy GB/s)``: ``x.sum()`` and ``y.copy_(x)`` over ``mbytes`` MB of FP32."""
+    n = mbytes * 1024 * 1024 // 4
+    x = torch.rand(n)
+    y = torch.empty_like(x)
+    t_sum, _ = time_call(lambda: x.sum(), repeats=repeats, budget_s=2.0, warmup=1, stat="min")
+    t_copy, _ = time_call(lambda: y.copy_(x), repeats=repeats, budget_s=2.0, warmup=1, stat="min")
+    return 4.0 * n / t_sum / 1e9, 8.0 * n / t_copy / 1e9
+
+
+def _packed_bytes(kernel, packed, fmt: str, m: int, k: int, nnz: int) -> float:
+    try:
+        return float(kernel.weight_bytes(packed))
+    except (NotImplementedError, AttributeError):
+        return perf_model.weight_bytes(fmt, m, k, nnz, perf_model.index_bytes_for(kernel.name, fmt),
+                                       perf_model.block_for(kernel.name, fmt))
+
+
+def _net(t: float, overhead_us: float) -> float:
+    """``t`` less the per-call overhead, unless the overhead is not small against it (a disturbed tiny call on a
+    loaded machine can take longer than a real one; subtracting it would give nonsense)."""
+    o = overhead_us * 1e-6
+    return t - o if o < 0.5 * t else t
+
+
+#: columns and sparsities at which the efficiency tables are measured (1024 x 1024 matrix, in cache).
+EFF_NS = (1, 16, 128, 1024)
+EFF_SPARSITIES = (0.5, 0.9, 0.98)
+#: the memory-bound calibration matrix (N = 1): 128 MB dense, 2.5x the LLC
+GATHER_SHAPE = (4096, 8192)
+
+
+def calibrate_kernel(kernel, peak_gflops: float, bw_gbs: float, cache_bytes: float, dense_kernel=None,
+                     dense_eff: dict[str, float] | None = None, dense_gather: float | None = None) -> dict:
+    """Overhead (us), efficiency table, gather penalty and conversion ``(a, b)`` ns of one kernel.
+
+    The dense kernel (``kernel.format == "dense"``) gets its GEMM efficiency table ``{N: 2 M K N / t / peak}``.
+    A sparse kernel's efficiency is measured *against* dense: at each N and sparsity, rounds alternate a dense
+    and a sparse call on the same matrix (``time_pair``) and ``e_s = e_d(N) * (useful / (M K)) * t_d / t_s`` with
+    the fastest call of each, so the sparse/dense ratio the crossover depends on survives a loaded machine.
+    """
+    name, fmt = kernel.name, kernel.format
+    out: dict = {}
+    # overhead: a tiny call
+    w = synthetic_weight("uniform", 16, 16, 0.5, seed=1)
+    p = kernel.prepare(w)
+    x = torch.randn(16, 1)
+    t, _ = time_call(lambda: kernel.matmul(p, x), repeats=50, budget_s=0.2, warmup=3, stat="min")
+    out["overhead_us"] = t * 1e6
+    m = k = 1024
+    if fmt == "dense":
+        w = torch.randn(m, k)
+        p = kernel.prepare(w)
+        table = {}
+        for n in EFF_NS:
+            x = torch.randn(k, n)
+            t, _ = time_call(lambda: kernel.matmul(p, x), repeats=15, budget_s=1.5, warmup=1, stat="min")
+            table[str(n)] = 2.0 * m * k * n / _net(t, out["overhead_us"]) / (peak_gflops * 1e9)
+        out["eff"] = table
+        # the dense GEMV streams the weight: its time over bytes / bandwidth is its own gather penalty
+        mg, kg = GATHER_SHAPE
+        w = torch.randn(mg, kg)
+        x = torch.randn(kg, 1)
+        t, _ = time_call(lambda: kernel.matmul(w, x), repeats=9, budget_s=1.5, warmup=1, stat="min")
+        out["gather_penalty"] = t / (perf_model.dense_bytes(mg, kg, 1) / (bw_gbs * 1e9))
+        return out
+    if dense_kernel is None or not dense_eff:
+        raise ValueError(f"calibrating {name} needs the dense kernel and its efficiency table")
+    tables = {}
+    for s in EFF_SPARSITIES:
+        w = synthetic_weight("uniform", m, k, s, seed=2)
+        nnz = int((w != 0).sum())
+        p = kernel.prepare(w)
+        pd = dense_kernel.prepare(w)
+        if fmt == "bsr":
+            bh, bw = perf_model.block_for(name, fmt)
+            useful = perf_model.expected_blocks(m, k, nnz, (bh, bw)) * bh * bw
+        else:
+            useful = float(nnz)
+        table = {}
+        for n in EFF_NS:
+            x = torch.randn(k, n)
+            kernel.matmul(p, x)
+            dense_kernel.matmul(pd, x)
+            tp = time_pair(lambda: dense_kernel.matmul(pd, x), lambda: kernel.matmul(p, x), repeats=15,
+                           budget_s=1.5)
+            table[str(n)] = interp_log_n(dense_eff, n) * useful / (m * k) * tp["ratio_min"]
+        tables[f"{1.0 - s:g}"] = table
+    out["eff"] = {"by_density": tables}
+    # gather penalty: memory-bound (N = 1), weight bigger than the cache, paired with the dense GEMV on the same
+    # matrix: g_s = g_d * (t_s / t_d) * (bytes_d / bytes_s)
+    m, k = GATHER_SHAPE
+    w = synthetic_weight("uniform", m, k, 0.9, seed=3)
+    nnz = int((w != 0).sum())
+    p = kernel.prepare(w)
+    x = torch.randn(k, 1)
+    kernel.matmul(p, x)
+    tp = time_pair(lambda: dense_kernel.matmul(w, x), lambda: kernel.matmul(p, x), repeats=9, budget_s=1.5)
+    byts = _packed_bytes(kernel, p, fmt, m, k, nnz) + 4.0 * (k + m)
+    g_dense = dense_gather if dense_gather else 1.0
+    out["gather_penalty"] = g_dense * perf_model.dense_bytes(m, k, 1) / byts / tp["ratio_min"]
+    del p, w
+    # conversion: two sparsities, solve t = a*MK + b*nnz
+    m, k = 1024, 2048
+    pts = []
+    for s in (0.5, 0.95):
+        w = synthetic_weight("uniform", m, k, s, seed=4)
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            kernel.prepare(w)
+            ts.append(time.perf_counter() - t0)
+        pts.append((int((w != 0).sum()), min(ts)))
+    (n1, t1), (n2, t2) = pts
+    b_ns = max((t1 - t2) / (n1 - n2), 0.0) * 1e9
+    a_ns = max((t2 * 1e9 - b_ns * n2) / (m * k), 0.0)
+    out["convert_a_ns"], out["convert_b_ns"] = a_ns, b_ns
+    return out
+
+
+def calibrate(kernels: Iterable, base: MachineProfile | None = None, progress: bool = True) -> MachineProfile:
+    """Measure the machine (unless ``base`` is given) and every kernel of ``kernels`` missing from it."""
+    if base is None:
+        peak = measure_peak_gflops()
+        bw_read, bw_copy = measure_bandwidth_gbs()
+        base = MachineProfile(
+            name=f"cpu:{cpu_model()}/{torch.get_num_threads()}t", peak_gflops=peak, bw_gbs=bw_read,
+            cache_bytes=llc_bytes(), threads=torch.get_num_threads(), overhead_us={}, sparse_eff={},
+            gather_penalty={}, convert_ns={},
+            meta={"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "bw_copy_gbs": bw_copy, "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    kernels = list(kernels)
+    dense = next((kn for kn in kernels if kn.format == "dense"), None)
+    if dense is None:
+        from spruce.kernels import get
+        dense = get("torch_dense")
+    todo = [kn for kn in kernels if kn.name not in base.sparse_eff and kn.name not in base.overhead_us]
+    if not base.dense_eff and dense not in todo and any(kn.format != "dense" for kn in todo):
+        todo.insert(0, dense)
+    todo.sort(key=lambda kn: kn.format != "dense")  # the dense table first: sparse efficiencies build on it
+    try:
+        from tqdm import tqdm
+        it = tqdm(todo, desc="calibrate kernels", disable=not progress or not todo)
+    except ImportError:
+        it = todo
+    for kn in it:
+        r = calibrate_kernel(kn, base.peak_gflops, base.bw_gbs, base.cache_bytes, dense, base.dense_eff,
+                             base.gather_penalty.get(dense.name))
+        base.overhead_us[kn.name] = r["overhead_us"]
+        if kn.format == "dense":
+            base.dense_eff = r["eff"]
+            base.gather_penalty[kn.name] = r["gather_penalty"]
+            continue
+        base.sparse_eff[kn.name] = r["eff"]
+        base.gather_penalty[kn.name] = r["gather_penalty"]
+        base.convert_ns[kn.name] = [r["convert_a_ns"], r["convert_b_ns"]]
+    return base
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def load_or_calibrate(kernels: Iterable, recalibrate: bool = False, path: Path | None = None,
+                      progress: bool = True) -> MachineProfile:
+    """The cached profile for this machine, calibrating (and caching) whatever is missing."""
+    path = path or profile_path()
+    kernels = list(kernels)
+    base = None
+    if path.exists() and not recalibrate:
+        try:
+            base = MachineProfile.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"corrupt machine profile {path} ({e}); delete it or pass --recalibrate") from None
+    before = None if base is None else json.dumps(base.to_dict(), sort_keys=True)
+    prof = calibrate(kernels, base, progress)
+    if json.dumps(prof.to_dict(), sort_keys=True) != before:
+        _write_json(path, prof.to_dict())
+    return prof

@@ -1,0 +1,277 @@
+"""The study report: ``report.md`` (tables + findings generated from the numbers), PNG figures and CSV tables.
+
+Files (all always written, even when a section has no data):
+``report.md``, ``rows.csv`` (written by the sweep), ``crossovers.csv``, ``winners.csv``, ``amortisation.csv``,
+``memory.csv``, ``real_vs_synthetic.csv``, ``h100.csv``, ``summary.json``, ``machine.json``,
+``speedup_curves.png``, ``winners.png``, ``amortisation.png``, ``real_vs_synthetic.png``,
+``model_vs_measured.png``, ``h100.png``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from spruce.study import analysis, plots
+from spruce.study.profile import MachineProfile
+
+REPORT_FILES = ("report.md", "rows.csv", "crossovers.csv", "winners.csv", "amortisation.csv", "memory.csv",
+                "real_vs_synthetic.csv", "h100.csv", "summary.json", "machine.json", "speedup_curves.png",
+                "winners.png", "amortisation.png", "real_vs_synthetic.png", "model_vs_measured.png", "h100.png")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_csv(table: list[dict[str, Any]], path: Path, columns: list[str] | None = None) -> Path:
+    """A list of dicts as CSV (header from ``columns`` or the first row; temp name then rename)."""
+    cols = columns or (list(table[0]) if table else ["empty"])
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in table:
+            w.writerow({c: _fmt_csv(r.get(c)) for c in cols})
+    tmp.replace(path)
+    return path
+
+
+def _fmt_csv(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return v
+
+
+def md_table(table: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
+    """A markdown table of ``cols`` = ``[(key, header), ...]`` (floats to 3 significant digits)."""
+    if not table:
+        return "_no data in this run_\n"
+    head = "| " + " | ".join(h for _, h in cols) + " |\n|" + "---|" * len(cols) + "\n"
+    lines = []
+    for r in table:
+        cells = []
+        for k, _ in cols:
+            v = r.get(k)
+            if isinstance(v, float):
+                v = "inf" if math.isinf(v) else ("" if math.isnan(v) else f"{v:.3g}")
+            cells.append("" if v is None else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def _pct(a: int, b: int) -> str:
+    return f"{a}/{b} ({100.0 * a / b:.0f}%)" if b else "0/0"
+
+
+def findings_crossover(xt: list[dict]) -> list[str]:
+    best = [r for r in xt if r["kernel"] == analysis.BEST] or xt
+    if not best:
+        return ["No crossover could be computed (no sparse kernel produced a timed curve)."]
+    out = []
+    cross = [r for r in best if r["measured_status"] == "cross"]
+    never = [r for r in best if r["measured_status"] == "never"]
+    always = [r for r in best if r["measured_status"] == "always"]
+    out.append(f"Over {len(best)} layer shapes, the fastest sparse kernel crosses dense inside the measured range "
+               f"on {len(cross)}, already wins at the lowest sparsity on {len(always)}, and never wins on "
+               f"{len(never)}.")
+    if cross:
+        lo = min(cross, key=lambda r: r["measured"])
+        hi = max(cross, key=lambda r: r["measured"])
+        out.append(f"Measured crossovers range from {lo['measured']:.2f} ({lo['shape']}) to {hi['measured']:.2f} "
+                   f"({hi['shape']}); median {statistics.median(r['measured'] for r in cross):.2f}.")
+    if never:
+        out.append("Never faster than dense up to the largest sparsity: " + ", ".join(r["shape"] for r in never)
+                   + ".")
+    per_kernel = Counter(r["kernel"] for r in xt if r["kernel"] != analysis.BEST and r["measured_status"] != "never")
+    if per_kernel:
+        out.append("Kernels that beat dense somewhere, by number of shapes: "
+                   + ", ".join(f"{k} {v}" for k, v in per_kernel.most_common()) + ".")
+    return out
+
+
+def findings_winners(win: list[dict]) -> list[str]:
+    if not win:
+        return ["No winner table (no timed rows)."]
+    c = Counter(w["kernel"] for w in win)
+    out = [f"Across {len(win)} (shape, sparsity) cells the fastest is: "
+           + ", ".join(f"{k} in {v}" for k, v in c.most_common()) + "."]
+    by_s: dict[float, Counter] = {}
+    for w in win:
+        by_s.setdefault(w["sparsity"], Counter())[w["format"] != "dense"] += 1
+    parts = [f"{s:g}: {cnt[True]}/{cnt[True] + cnt[False]}" for s, cnt in sorted(by_s.items())]
+    out.append("Cells won by a sparse format, per sparsity: " + "; ".join(parts) + ".")
+    return out
+
+
+def findings_amortisation(at90: list[dict]) -> list[str]:
+    if not at90:
+        return ["No amortisation data."]
+    fin = [a for a in at90 if math.isfinite(a["inferences"])]
+    out = [f"At ~90% sparsity {len(fin)} of {len(at90)} shapes have a kernel faster than dense, so conversion can "
+           f"pay off."]
+    if fin:
+        fast = min(fin, key=lambda a: a["inferences"])
+        slow = max(fin, key=lambda a: a["inferences"])
+        out.append(f"Conversion pays for itself after {fast['inferences']:.1f} inferences at best ({fast['shape']}, "
+                   f"{fast['kernel']}) and {slow['inferences']:.1f} at worst ({slow['shape']}, {slow['kernel']}); "
+                   f"median {statistics.median(a['inferences'] for a in fin):.1f}.")
+    return out
+
+
+def findings_memory(mem: list[dict]) -> list[str]:
+    if not mem:
+        return ["No memory data."]
+    out = []
+    for kernel in sorted({m["kernel"] for m in mem}):
+        vals = [m["predicted"] for m in mem if m["kernel"] == kernel and m["predicted"] is not None]
+        hits = sum(bool(m["within_5"]) for m in mem if m["kernel"] == kernel)
+        n = sum(1 for m in mem if m["kernel"] == kernel)
+        if vals:
+            out.append(f"{kernel}: packed weight smaller than dense above sparsity ~{statistics.median(vals):.2f} "
+                       f"(model); measured sizes agree within 5 points on {_pct(hits, n)} shapes.")
+    return out
+
+
+def findings_rvs(rvs: list[dict]) -> list[str]:
+    if not rvs:
+        return ["No real-vs-synthetic pairs in this run (use source=ckpt or source=dlmc, or several kinds)."]
+    out = []
+    for kind in sorted({r["kind"] for r in rvs}):
+        vals = [r["ratio_median"] for r in rvs if r["kind"] == kind]
+        worst = max((r for r in rvs if r["kind"] == kind), key=lambda r: abs(math.log(r["ratio_median"])))
+        out.append(f"{kind} vs uniform twin: median time ratio {statistics.median(vals):.2f} over {len(vals)} "
+                   f"(layer, N, kernel) pairs (range {min(vals):.2f}-{max(vals):.2f}); largest gap "
+                   f"{worst['ratio_median']:.2f} on {worst['model']}:{worst['layer']}@{worst['n']} with "
+                   f"{worst['kernel']}.")
+    real = [r["ratio_median"] for r in rvs if r["real"]]
+    if real:
+        inside = sum(1 for v in real if 0.9 <= v <= 1.1)
+        out.append(f"Uniform synthetic twins predict real pruned layers within 10% on {_pct(inside, len(real))} pairs.")
+    return out
+
+
+def findings_model(xt: list[dict], terr: dict[str, float]) -> list[str]:
+    hb, nb = analysis.fraction_within(xt, None)
+    ha = sum(bool(r["within_5"]) for r in xt if r["kernel"] != analysis.BEST)
+    na = sum(1 for r in xt if r["kernel"] != analysis.BEST)
+    out = [f"Predicted crossover within 5 points of the measured one: {_pct(hb, nb)} layer shapes for the best "
+           f"sparse kernel (goal >= 80%), {_pct(ha, na)} (shape, kernel) pairs."]
+    for kernel in sorted({r["kernel"] for r in xt if r["kernel"] != analysis.BEST}):
+        h, n = analysis.fraction_within(xt, kernel)
+        out.append(f"{kernel}: {_pct(h, n)}.")
+    if terr.get("points"):
+        out.append(f"Per-call time: the model is off by a factor {terr['median_ratio']:.2f} at the median and "
+                   f"{terr['p90_ratio']:.2f} at the 90th percentile over {terr['points']} timed calls.")
+    return out
+
+
+def findings_h100(h: list[dict]) -> list[str]:
+    if not h:
+        return ["No H100 predictions."]
+    out = []
+    for kernel in sorted({r["kernel"] for r in h}):
+        for path in list(dict.fromkeys(r["dense_path"] for r in h)):
+            sel = [r for r in h if r["kernel"] == kernel and r["dense_path"] == path]
+            win = [r for r in sel if r["can_win"]]
+            txt = f"{kernel} vs dense {path}: can win on {len(win)}/{len(sel)} shapes"
+            if win:
+                txt += f" (crossover {min(r['crossover'] for r in win):.2f}-{max(r['crossover'] for r in win):.2f})"
+            out.append(txt + ".")
+    return out
+
+
+def build_report(rows: list[dict[str, Any]], out: Path, profile: MachineProfile, h100: MachineProfile,
+                 kinds_order: list[str], notes: list[str], command: str) -> dict[str, Any]:
+    """Compute every table, write every file of ``REPORT_FILES`` under ``out``; returns the summary dict."""
+    out = Path(out)
+    sources = sorted({r["source"] for r in rows})
+    kinds = {s: analysis.primary_kind(rows, s, kinds_order) for s in sources}
+    formats = {r["kernel"]: r["format"] for r in rows}
+    cv = analysis.curves(rows, kinds)
+    xt = analysis.crossover_table(rows, kinds, profile, formats)
+    win = analysis.winners(rows, kinds)
+    amort = analysis.amortisation_table(rows, kinds, profile)
+    at90 = analysis.amortisation_at(amort, 0.9)
+    mem = analysis.memory_table(rows, kinds)
+    rvs = analysis.real_vs_synthetic(rows)
+    shapes = sorted({(analysis.shape_key(r), int(r["m"]), int(r["k"]), int(r["n"])) for r in rows})
+    h = analysis.h100_table(shapes, h100)
+    terr = analysis.time_error(rows)
+
+    write_csv(xt, out / "crossovers.csv")
+    write_csv(win, out / "winners.csv")
+    write_csv(amort, out / "amortisation.csv")
+    write_csv(mem, out / "memory.csv")
+    write_csv(rvs, out / "real_vs_synthetic.csv")
+    write_csv(h, out / "h100.csv")
+    _write_text(out / "machine.json", json.dumps({"measured": profile.to_dict(), "h100": h100.to_dict()}, indent=1))
+    plots.speedup_curves(cv, xt, out / "speedup_curves.png")
+    plots.winner_heatmap(win, out / "winners.png")
+    plots.amortisation_curves(amort, out / "amortisation.png")
+    plots.real_vs_synthetic(rvs, out / "real_vs_synthetic.png")
+    plots.model_vs_measured(xt, rows, out / "model_vs_measured.png")
+    plots.h100(h, out / "h100.png")
+
+    hb, nb = analysis.fraction_within(xt, None)
+    failed = [r for r in rows if r["status"] in ("failed", "wrong")]
+    summary = {"rows": len(rows), "failed_or_wrong": len(failed), "shapes": len(shapes),
+               "within_5_best": hb, "shapes_best": nb, "fraction_within_5_best": hb / nb if nb else None,
+               "within_5_pairs": sum(bool(r["within_5"]) for r in xt if r["kernel"] != analysis.BEST),
+               "pairs": sum(1 for r in xt if r["kernel"] != analysis.BEST), "time_error": terr,
+               "primary_kinds": kinds, "machine": profile.name, "command": command}
+    _write_text(out / "summary.json", json.dumps(summary, indent=1))
+
+    def section(title: str, finds: list[str], body: str) -> str:
+        return f"## {title}\n\n" + "".join(f"- {f}\n" for f in finds) + "\n" + body + "\n"
+
+    md = [f"# Sparsity study\n\nCommand: `{command}`\n\nMachine: {profile.name}: dense peak "
+          f"{profile.peak_gflops:.0f} GFLOP/s, bandwidth {profile.bw_gbs:.1f} GB/s, LLC "
+          f"{profile.cache_bytes / 2 ** 20:.0f} MiB, {profile.threads} threads. {len(rows)} rows "
+          f"({len(failed)} failed/wrong), {len(shapes)} shapes; main tables use kinds "
+          + ", ".join(f"{s}: {k}" for s, k in kinds.items()) + ". All data: `rows.csv`.\n"]
+    if notes:
+        md.append("Notes:\n" + "".join(f"- {n}\n" for n in notes) + "\n")
+    if failed:
+        md.append("Failed or wrong kernel runs (recorded, not timed):\n\n" + md_table(
+            failed[:30], [("model", "model"), ("layer", "layer"), ("n", "N"), ("sparsity_target", "s"),
+                          ("kernel", "kernel"), ("status", "status"), ("error", "error")]) + "\n")
+    md.append(section("Crossover: speedup vs sparsity", findings_crossover(xt),
+                      "![speedup curves](speedup_curves.png)\n\n" + md_table(
+                          xt, [("shape", "shape"), ("kernel", "kernel"), ("measured_label", "measured"),
+                               ("predicted_label", "predicted"), ("within_5", "within 5 pts"),
+                               ("points", "points")])))
+    md.append(section("Winning kernel per shape and sparsity", findings_winners(win), "![winners](winners.png)\n"))
+    md.append(section("Amortisation", findings_amortisation(at90),
+                      "![amortisation](amortisation.png)\n\nAt the sparsity nearest 90%, the kernel that pays off "
+                      "soonest (inf: never faster than dense):\n\n" + md_table(
+                          at90, [("shape", "shape"), ("sparsity", "s"), ("kernel", "kernel"),
+                                 ("convert_ms", "convert ms"), ("dense_ms", "dense ms"), ("sparse_ms", "sparse ms"),
+                                 ("inferences", "inferences"), ("predicted_inferences", "predicted")])))
+    md.append(section("Memory crossover", findings_memory(mem), md_table(
+        mem, [("shape", "layer"), ("kernel", "kernel"), ("measured_label", "measured"), ("predicted", "model"),
+              ("within_5", "within 5 pts")])))
+    md.append(section("Real vs synthetic", findings_rvs(rvs), "![real vs synthetic](real_vs_synthetic.png)\n\n"
+                      + md_table(rvs, [("model", "model"), ("layer", "layer"), ("n", "N"), ("kernel", "kernel"),
+                                       ("kind", "kind"), ("ratio_median", "time / uniform"),
+                                       ("ratio_min", "min"), ("ratio_max", "max"), ("points", "points")])))
+    md.append(section("Model vs measurement", findings_model(xt, terr),
+                      "![model vs measured](model_vs_measured.png)\n\nModel: roofline (Park et al. ICLR 2017; Gale "
+                      "et al. SC20), formulas in `spruce/study/perf_model.py`; constants in `machine.json`.\n"))
+    md.append(section("H100 predictions (data sheet, not measured)", findings_h100(h),
+                      "`cuda_csr`: an FP32 CSR SpMM on a uniformly random mask; `cuda_bsr16`: an FP32 16x16 BSR "
+                      "SpMM on a block-pruned mask. Crossovers are searched below 99% sparsity; sparse-kernel "
+                      "constants are assumptions (see `machine.json`).\n\n![h100](h100.png)\n\n" + md_table(
+                          h, [("shape", "shape"), ("kernel", "kernel"), ("dense_path", "vs dense"),
+                              ("label", "crossover"), ("speedup_at_90", "speedup at 90%")])))
+    _write_text(out / "report.md", "\n".join(md))
+    return summary

@@ -1,0 +1,198 @@
+"""The measurement loop: every case x kernel x N -> one CSV row (verified against dense before it is timed).
+
+For each case the weight is built once and the dense baseline (``torch_dense``) timed on it; then each kernel:
+``prepare`` (timed once, the conversion cost), a verification call against the dense result (also its warm-up),
+and timed rounds that alternate a dense call and a kernel call (``time_pair``). Columns: ``time_ms`` /
+``dense_ms`` are the medians of those rounds and ``speedup_median`` the median per-round ratio; ``time_min_ms`` /
+``dense_min_ms`` the fastest calls and ``speedup`` their ratio. The study's curves use ``speedup`` (fastest vs
+fastest): on a machine shared by many processes a call either runs undisturbed or loses its core for a time
+slice, and the fastest call of each is the undisturbed one. A kernel that raises or
+gives a wrong answer is recorded with ``status`` ``failed`` / ``wrong`` and its error, never as a time.
+"""
+from __future__ import annotations
+
+import csv
+import gc
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from spruce.study import perf_model
+from spruce.study.matrices import nonempty_blocks, row_cov
+from spruce.study.profile import MachineProfile
+from spruce.study.sources import Case
+from spruce.study.timing import time_call, time_pair
+
+COLUMNS = ["source", "model", "layer", "m", "k", "n", "batch", "kind", "group", "sparsity_target", "sparsity",
+           "nnz", "row_cov", "kernel", "format", "status", "error", "time_ms", "dense_ms", "speedup_median",
+           "time_min_ms", "dense_min_ms", "speedup",
+           "weight_bytes", "dense_weight_bytes", "convert_ms", "calls", "predicted_ms", "predicted_dense_ms",
+           "nblocks"]
+
+
+def _verify(y: torch.Tensor, ref: torch.Tensor) -> str:
+    """Empty string when ``y`` matches ``ref`` (max error <= 1e-3 * max |ref| + 1e-5), else the reason."""
+    if tuple(y.shape) != tuple(ref.shape):
+        return f"shape {tuple(y.shape)} != {tuple(ref.shape)}"
+    if ref.numel() == 0:
+        return ""
+    err = float((y.to(torch.float64) - ref.to(torch.float64)).abs().max())
+    tol = 1e-3 * float(ref.abs().max()) + 1e-5
+    return "" if err <= tol else f"max abs error {err:.3g} > tolerance {tol:.3g}"
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+
+
+#: a kernel this many times slower than dense at some sparsity is not timed at lower sparsities of the same
+#: layer and N: its time only grows with the number of nonzeros, so it cannot cross there (rows: ``skipped``).
+HOPELESS = 5.0
+
+
+def run_case(case: Case, kernels: list, dense_kernel, repeats: int, budget_s: float,
+             profile: MachineProfile | None, hopeless: dict[tuple, float] | None = None) -> list[dict[str, Any]]:
+    """Rows for one case: per kernel and per N (the dense kernel included as the baseline row).
+
+    ``hopeless`` maps ``(model, layer, kind, n, kernel)`` to the sparsity at which that kernel was ``HOPELESS``
+    times slower than dense; it is read (skip lower sparsities) and updated.
+    """
+    hopeless = {} if hopeless is None else hopeless
+    w = case.make()
+    m, k = w.shape
+    if (m, k) != (case.m, case.k):
+        raise ValueError(f"case {case.group}: made a {tuple(w.shape)} matrix, expected {(case.m, case.k)}")
+    nnz = int((w != 0).sum())
+    cov = row_cov(w)
+    base = dict(source=case.source, model=case.model, layer=case.layer, m=m, k=k, kind=case.kind,
+                group=case.group, sparsity_target=case.sparsity, sparsity=1.0 - nnz / (m * k), nnz=nnz,
+                row_cov=cov, dense_weight_bytes=4 * m * k)
+    batches = case.batches or [None] * len(case.ns)
+    xs = {n: torch.randn(k, n, generator=torch.Generator().manual_seed(n)) for n in case.ns}
+    pd = dense_kernel.prepare(w)
+    refs, dense_ms, dense_min = {}, {}, {}
+    for n in case.ns:
+        refs[n] = dense_kernel.matmul(pd, xs[n])
+        t, _ = time_call(lambda: dense_kernel.matmul(pd, xs[n]), repeats, budget_s, warmup=0)
+        t_min, _ = time_call(lambda: dense_kernel.matmul(pd, xs[n]), 1, budget_s, warmup=0, stat="min")
+        dense_ms[n], dense_min[n] = t * 1e3, min(t, t_min) * 1e3
+    rows: list[dict[str, Any]] = []
+    blocks_cache: dict[tuple[int, int], int] = {}
+    for n, b in zip(case.ns, batches):
+        pred_d = perf_model.predict_ms(dense_kernel.name, "dense", m, k, n, m * k, None, profile) if profile else None
+        rows.append(dict(base, n=n, batch=b, kernel=dense_kernel.name, format="dense", status="ok", error="",
+                         time_ms=dense_ms[n], dense_ms=dense_ms[n], speedup=1.0, speedup_median=1.0,
+                         time_min_ms=dense_min[n], dense_min_ms=dense_min[n], weight_bytes=4 * m * k,
+                         convert_ms=0.0, calls=0, predicted_ms=pred_d, predicted_dense_ms=pred_d, nblocks=""))
+    for kn in kernels:
+        if kn.name == dense_kernel.name:
+            continue
+        blk = perf_model.block_for(kn.name, kn.format)
+        nb = None
+        if kn.format == "bsr":
+            nb = blocks_cache.setdefault(blk, nonempty_blocks(w, blk))
+        if all((case.model, case.layer, case.kind, n, kn.name) in hopeless
+               and case.sparsity < hopeless[(case.model, case.layer, case.kind, n, kn.name)] for n in case.ns):
+            for n, b in zip(case.ns, batches):
+                hs = hopeless[(case.model, case.layer, case.kind, n, kn.name)]
+                rows.append(dict(base, n=n, batch=b, kernel=kn.name, format=kn.format, status="skipped",
+                                 error=f"{HOPELESS:g}x slower than dense at sparsity {hs:g} already", time_ms="",
+                                 dense_ms=dense_ms[n], speedup="", weight_bytes="", convert_ms="", calls=0,
+                                 nblocks=""))
+            continue
+        packed = None
+        try:
+            t0 = time.perf_counter()
+            packed = kn.prepare(w)
+            conv_ms = (time.perf_counter() - t0) * 1e3
+            wbytes = int(kn.weight_bytes(packed))
+        except Exception as e:  # a failing kernel is a result: recorded, not raised
+            for n, b in zip(case.ns, batches):
+                rows.append(dict(base, n=n, batch=b, kernel=kn.name, format=kn.format, status="failed",
+                                 error="prepare: " + _first_line(e), time_ms="", dense_ms=dense_ms[n], speedup="",
+                                 weight_bytes="", convert_ms="", calls=0, predicted_ms="", predicted_dense_ms="",
+                                 nblocks=nb if nb is not None else ""))
+            continue
+        for n, b in zip(case.ns, batches):
+            row = dict(base, n=n, batch=b, kernel=kn.name, format=kn.format, dense_ms=dense_ms[n],
+                       weight_bytes=wbytes, convert_ms=conv_ms, nblocks=nb if nb is not None else "")
+            hkey = (case.model, case.layer, case.kind, n, kn.name)
+            if hkey in hopeless and case.sparsity < hopeless[hkey]:
+                row.update(status="skipped", error=f"{HOPELESS:g}x slower than dense at sparsity "
+                           f"{hopeless[hkey]:g} already", time_ms="", speedup="", calls=0)
+                rows.append(row)
+                continue
+            if profile is not None:
+                row["predicted_ms"] = perf_model.sparse_time_s(kn.name, kn.format, m, k, n, nnz, cov, profile,
+                                                               nblocks=nb) * 1e3
+                row["predicted_dense_ms"] = perf_model.predict_ms(dense_kernel.name, "dense", m, k, n, m * k,
+                                                                  None, profile)
+            try:
+                err = _verify(kn.matmul(packed, xs[n]), refs[n])
+                if err:
+                    row.update(status="wrong", error=err, time_ms="", speedup="", calls=0)
+                else:
+                    tp = time_pair(lambda: dense_kernel.matmul(pd, xs[n]), lambda: kn.matmul(packed, xs[n]),
+                                   repeats, budget_s)
+                    row.update(status="ok", error="", time_ms=tp["fn_median"] * 1e3,
+                               dense_ms=tp["ref_median"] * 1e3, speedup_median=tp["ratio_median"],
+                               time_min_ms=tp["fn_min"] * 1e3, dense_min_ms=tp["ref_min"] * 1e3,
+                               speedup=tp["ratio_min"], calls=tp["rounds"])
+                    if tp["ratio_min"] < 1.0 / HOPELESS:
+                        hopeless[hkey] = min(hopeless.get(hkey, 1.0), case.sparsity)
+            except Exception as e:  # recorded as failed
+                row.update(status="failed", error=_first_line(e), time_ms="", speedup="", calls=0)
+            rows.append(row)
+        del packed
+        gc.collect()
+    del pd
+    return rows
+
+
+def write_rows(rows: Iterable[dict[str, Any]], path: Path) -> Path:
+    """Write rows to ``path`` as CSV (temp name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with tmp.open("w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in COLUMNS})
+    tmp.replace(path)
+    return path
+
+
+def run_sweep(cases: list[Case], kernels: list, dense_kernel, repeats: int = 3, budget_s: float = 1.0,
+              profile: MachineProfile | None = None, progress: bool = True,
+              csv_path: Path | None = None) -> list[dict[str, Any]]:
+    """Time every case (tqdm progress); rows are re-written to ``csv_path`` after each case when given."""
+    from tqdm import tqdm
+
+    rows: list[dict[str, Any]] = []
+    hopeless: dict[tuple, float] = {}
+    # highest sparsity first within a layer, so hopeless kernels are known before the expensive low sparsities
+    order = {}
+    for c in cases:
+        order.setdefault((c.source, c.model, c.layer), len(order))
+    cases = sorted(cases, key=lambda c: (order[(c.source, c.model, c.layer)], -c.sparsity))
+    bar = tqdm(cases, desc="study", disable=not progress, unit="case")
+    for case in bar:
+        bar.set_postfix_str(f"{case.model}:{case.layer} {case.kind} s={case.sparsity}")
+        rows += run_case(case, kernels, dense_kernel, repeats, budget_s, profile, hopeless)
+        if csv_path is not None:
+            write_rows(rows, csv_path)
+        gc.collect()
+    return rows
+
+
+def as_float(v: Any) -> float:
+    """A CSV cell as float (NaN when empty)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan

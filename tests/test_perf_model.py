@@ -1,0 +1,144 @@
+"""The roofline model's formulas on a fake machine profile, checked against values computed by hand."""
+import math
+
+import pytest
+
+from spruce.study import perf_model as pm
+from spruce.study.profile import MachineProfile, h100_profile
+
+
+@pytest.fixture
+def fake() -> MachineProfile:
+    # 100 GFLOP/s, 10 GB/s, 1 MB cache, one thread, no overhead, sparse kernels at 10% of peak
+    return MachineProfile(name="fake", peak_gflops=100.0, bw_gbs=10.0, cache_bytes=1e6, threads=1,
+                          overhead_us={"default": 0.0}, sparse_eff={"default": 0.1},
+                          gather_penalty={"default": 1.0}, convert_ns={"default": [1.0, 10.0]})
+
+
+def test_dense_time_compute_and_memory_bound(fake):
+    # 2*1000*1000*100 FLOP / 1e11 FLOP/s = 2 ms; bytes 4.8e6 / 1e10 = 0.48 ms -> compute-bound
+    assert pm.dense_time_s(1000, 1000, 100, fake) == pytest.approx(2e-3)
+    # N = 1: bytes 4*(1e6 + 1e3 + 1e3) / 1e10 = 0.4008 ms beats 0.02 ms of FLOPs -> memory-bound
+    assert pm.dense_time_s(1000, 1000, 1, fake) == pytest.approx(4.008e-4)
+
+
+def test_weight_bytes_per_format():
+    assert pm.weight_bytes("dense", 10, 20, 7) == 800
+    assert pm.weight_bytes("csr", 10, 20, 7) == 7 * 8 + 4 * 11
+    assert pm.weight_bytes("csr", 10, 20, 7, index_bytes=2) == 7 * 6 + 4 * 11
+    assert pm.weight_bytes("coo", 10, 20, 7, index_bytes=8) == 7 * 20
+    # BSR with 2 given 4x4 blocks: 2 * (64 + 4) + 4 * (ceil(10/4) + 1) = 136 + 16
+    assert pm.weight_bytes("bsr", 10, 20, 7, block=4, nblocks=2) == 152
+    with pytest.raises(ValueError, match="unknown format"):
+        pm.weight_bytes("ell", 10, 20, 7)
+    with pytest.raises(ValueError, match="nnz"):
+        pm.weight_bytes("csr", 10, 20, 201)
+
+
+def test_expected_blocks_uniform_mask():
+    # 4x4 matrix, 2x2 tiles, density 0.25: 4 * (1 - 0.75**4) = 2.734375
+    assert pm.expected_blocks(4, 4, 4, 2) == pytest.approx(2.734375)
+    # never fewer blocks than nnz / b^2 (fully dense)
+    assert pm.expected_blocks(4, 4, 16, 2) == pytest.approx(4.0)
+    # 4x1 blocks of an 8x4 matrix, density 0.5: 2 * 4 tiles * (1 - 0.5**4) = 7.5
+    assert pm.expected_blocks(8, 4, 16, (4, 1)) == pytest.approx(7.5)
+    # and their bytes: 7.5 * (16 + 4) + 4 * (2 + 1)
+    assert pm.weight_bytes("bsr", 8, 4, 16, block=(4, 1)) == pytest.approx(162.0)
+
+
+def test_reread_factor_and_imbalance():
+    assert pm.reread_factor(1000, 1000, 100, 1e5, 1e6) == 1.0  # X = 400 kB fits in 1 MB
+    # X = 4 MB, cache 1 MB: 1 + (1e5/1e3 - 1) * (1 - 0.25) = 75.25
+    assert pm.reread_factor(1000, 1000, 1000, 1e5, 1e6) == pytest.approx(75.25)
+    assert pm.imbalance(0.5, 1, 1000) == 1.0
+    # 1 + 0.5 * sqrt(2 ln 4) / sqrt(1000 / 4)
+    assert pm.imbalance(0.5, 4, 1000) == pytest.approx(1 + 0.5 * math.sqrt(2 * math.log(4)) / math.sqrt(250))
+    assert pm.binomial_row_cov(100, 0.2) == pytest.approx(math.sqrt(0.8 / 20))
+
+
+def test_sparse_time_and_predict_ms(fake):
+    # CSR 90%: 2e7 FLOP / (1e11 * 0.1) = 2 ms; bytes (8e5 + 4004 + 4e5 + 4e5) / 1e10 = 0.16 ms
+    assert pm.sparse_time_s("k", "csr", 1000, 1000, 100, 1e5, 0.0, fake) == pytest.approx(2e-3)
+    assert pm.predict_ms("k", "csr", 1000, 1000, 100, 1e5, 0.0, fake) == pytest.approx(2.0)
+    assert pm.predict_ms("torch_dense", "dense", 1000, 1000, 100, 1e6, None, fake) == pytest.approx(2.0)
+    slow = MachineProfile(**{**fake.to_dict(), "overhead_us": {"default": 0.0, "k": 50.0},
+                             "gather_penalty": {"default": 10.0}})
+    # N = 1, memory-bound: 10 * (8e5 + 4004 + 4e3 + 4e3) / 1e10 = 0.812004 ms, plus 50 us overhead
+    assert pm.predict_ms("k", "csr", 1000, 1000, 1, 1e5, 0.0, slow) == pytest.approx(0.812004 + 0.05)
+
+
+def test_predicted_crossover_solves_t_sparse_equals_t_dense(fake):
+    # compute-bound both ways: 20 (1 - s) ms = 2 ms  ->  s = 0.9
+    st, s = pm.predicted_crossover("k", "csr", 1000, 1000, 100, fake, row_cov=0.0)
+    assert st == "cross" and s == pytest.approx(0.9, abs=1e-6)
+    never = MachineProfile(**{**fake.to_dict(), "overhead_us": {"default": 0.0, "k": 1e4}})
+    assert pm.predicted_crossover("k", "csr", 1000, 1000, 100, never, row_cov=0.0) == ("never", None)
+    always = MachineProfile(**{**fake.to_dict(), "sparse_eff": {"default": 2.0}})
+    assert pm.predicted_crossover("k", "csr", 1000, 1000, 100, always, row_cov=0.0) == ("always", 0.0)
+
+
+def test_memory_crossover():
+    # CSR: 8 nnz + 4004 = 4e6  ->  nnz = 499499.5  ->  s = 0.5005005
+    st, s = pm.memory_crossover("csr", 1000, 1000)
+    assert st == "cross" and s == pytest.approx(1 - 499499.5 / 1e6, abs=1e-6)
+    # COO with int64 indices: 20 nnz = 4e6  ->  s = 0.8
+    assert pm.memory_crossover("coo", 1000, 1000, index_bytes=8)[1] == pytest.approx(0.8, abs=1e-6)
+
+
+def test_conversion_and_amortisation(fake):
+    # 1 ns * 1e6 + 10 ns * 1e5 = 2 ms
+    assert pm.conversion_time_s("k", "csr", 1000, 1000, 1e5, fake) == pytest.approx(2e-3)
+    assert pm.amortisation(2e-3, 2e-3, 1e-3) == pytest.approx(2.0)  # 2 ms / 1 ms saved
+    assert pm.amortisation(2e-3, 1e-3, 1e-3) == math.inf
+    assert pm.amortisation(2e-3, 1e-3, 2e-3) == math.inf
+
+
+def test_kernel_naming_helpers():
+    assert pm.block_for("torch_bsr4", "bsr") == (4, 4)
+    assert pm.block_for("torch_bsr16", "bsr") == (16, 16)
+    assert pm.block_for("spruce_bsr4x1", "bsr") == (4, 1)
+    assert pm.block_for("torch_csr", "csr") == (1, 1)
+    assert pm.index_bytes_for("torch_coo", "coo") == 8
+    assert pm.index_bytes_for("torch_csr", "csr") == 4
+
+
+def test_h100_profile_dense_paths():
+    h = h100_profile()
+    n = 4096
+    assert pm.dense_time_s(n, n, n, h, path="tf32_tc") == pytest.approx(2 * n ** 3 / 495e12 + 5e-6)
+    assert pm.dense_time_s(n, n, n, h, path="fp32") == pytest.approx(2 * n ** 3 / 67e12 + 5e-6)
+    # BF16 GEMV streams 2-byte weights: 2 * (n*n + 2n) / 3.35e12
+    assert pm.dense_time_s(n, n, 1, h, path="bf16_tc") == pytest.approx(2 * (n * n + 2 * n) / 3.35e12 + 5e-6)
+    with pytest.raises(ValueError, match="unknown dense path"):
+        pm.dense_time_s(n, n, n, h, path="fp8")
+
+
+def test_profile_rejects_bad_values():
+    with pytest.raises(ValueError, match="bw_gbs"):
+        MachineProfile(name="x", peak_gflops=1.0, bw_gbs=0.0, cache_bytes=1.0, threads=1)
+    with pytest.raises(ValueError, match="unknown field"):
+        MachineProfile.from_dict({"name": "x", "peak_gflops": 1.0, "bw_gbs": 1.0, "cache_bytes": 1.0,
+                                  "threads": 1, "bogus": 1})
+
+
+def test_efficiency_tables_interpolate_in_log_n(fake):
+    prof = MachineProfile(**{**fake.to_dict(), "sparse_eff": {"k": {"1": 0.01, "100": 0.1}},
+                             "dense_eff": {"1": 0.5, "100": 1.0}})
+    assert prof.eff("k", "csr", 10) == pytest.approx(0.055)  # halfway in log N
+    assert prof.eff("k", "csr", 1000) == pytest.approx(0.1)  # clamped
+    assert prof.dense_efficiency(1) == pytest.approx(0.5)
+    # dense at N = 100 with e_d = 1: 2e8 / 1e11 = 2 ms; sparse 90% at N = 100: 2e7 / (1e11 * 0.1) = 2 ms
+    assert pm.dense_time_s(1000, 1000, 100, prof) == pytest.approx(2e-3)
+    assert pm.sparse_time_s("k", "csr", 1000, 1000, 100, 1e5, 0.0, prof) == pytest.approx(2e-3)
+    # N = 10: dense compute 2e7 / (1e11 * 0.75) = 0.2667 ms < memory 4*(1e6 + 2e4)/1e10 = 0.408 ms
+    assert pm.dense_time_s(1000, 1000, 10, prof) == pytest.approx(4.08e-4)
+
+
+def test_efficiency_by_density(fake):
+    tables = {"by_density": {"0.01": {"1": 0.01}, "0.1": {"1": 0.04}}}
+    prof = MachineProfile(**{**fake.to_dict(), "sparse_eff": {"k": tables}})
+    # sqrt(0.01 * 0.1) is halfway in log density
+    assert prof.eff("k", "csr", 1, (0.01 * 0.1) ** 0.5) == pytest.approx(0.025)
+    assert prof.eff("k", "csr", 1, 0.5) == pytest.approx(0.04)  # clamped
+    # density 0.01 reads eff 0.01: 2e4 FLOP / (1e11 * 0.01) = 20 us > memory (8e4 + 4004 + 8e3) / 1e10 = 9.2 us
+    assert pm.sparse_time_s("k", "csr", 1000, 1000, 1, 1e4, 0.0, prof) == pytest.approx(2e-5)

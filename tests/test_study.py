@@ -1,0 +1,182 @@
+"""The study: crossover detection on synthetic curves, config validation, the profile cache, and a tiny quick run
+that must write every file of the report."""
+import json
+import math
+
+import pytest
+import torch
+
+from spruce.study import config as study_config
+from spruce.study.crossover import find_crossover, within
+from spruce.study.matrices import nonempty_blocks, row_cov, smtx_weight, synthetic_weight
+from spruce.study.profile import MachineProfile
+
+
+# ---- crossover detection --------------------------------------------------------------------------------------
+def test_crossover_power_law_is_exact():
+    # speedup = 0.2 / (1 - s) is linear in log-log, so the interpolation finds s = 0.8 exactly
+    s = [0.5, 0.7, 0.9, 0.95]
+    r = [0.2 / (1 - x) for x in s]
+    c = find_crossover(s, r)
+    assert c.status == "cross"
+    assert c.sparsity == pytest.approx(0.8, abs=1e-12)
+    assert c.label() == "0.80"
+
+
+def test_crossover_unsorted_and_hand_computed():
+    # between (0.7, 0.8) and (0.9, 2.0): x = ln .3 + (0 - ln .8) (ln .1 - ln .3) / (ln 2 - ln .8)
+    x = math.log(0.3) - math.log(0.8) * (math.log(0.1) - math.log(0.3)) / (math.log(2.0) - math.log(0.8))
+    c = find_crossover([0.9, 0.5, 0.7], [2.0, 0.5, 0.8])
+    assert c.sparsity == pytest.approx(1 - math.exp(x))
+
+
+def test_crossover_always_and_never():
+    a = find_crossover([0.5, 0.9], [1.2, 3.0])
+    assert (a.status, a.sparsity, a.interval()) == ("always", 0.5, (0.0, 0.5))
+    n = find_crossover([0.5, 0.9, 0.98], [0.1, 0.5, 0.9])
+    assert (n.status, n.sparsity, n.interval()) == ("never", None, (0.98, 1.0))
+    assert n.label() == ">0.98"
+
+
+def test_crossover_non_monotonic_takes_last_crossing():
+    # wins at 0.6, loses at 0.7 (noise or a format switch), wins again from 0.9: the crossover is in (0.7, 0.9)
+    c = find_crossover([0.5, 0.6, 0.7, 0.9], [0.9, 1.1, 0.95, 1.5])
+    assert c.status == "cross" and 0.7 < c.sparsity < 0.9
+    # wins in the middle but loses at the largest sparsity: never (above the range)
+    assert find_crossover([0.5, 0.7, 0.9], [0.5, 1.5, 0.9]).status == "never"
+
+
+def test_crossover_bad_input():
+    with pytest.raises(ValueError, match="no valid"):
+        find_crossover([0.5], [float("nan")])
+    with pytest.raises(ValueError, match="outside"):
+        find_crossover([1.0], [2.0])
+    with pytest.raises(ValueError, match="must be > 0"):
+        find_crossover([0.5], [0.0])
+
+
+def test_within_five_points():
+    c = find_crossover([0.5, 0.7, 0.9, 0.95], [0.2 / (1 - x) for x in (0.5, 0.7, 0.9, 0.95)])  # 0.8
+    assert within(c, "cross", 0.84) and not within(c, "cross", 0.86)
+    never = find_crossover([0.5, 0.9], [0.1, 0.5])
+    assert within(never, "never", None) and within(never, "cross", 0.86) and not within(never, "cross", 0.8)
+    always = find_crossover([0.5, 0.9], [1.5, 5.0])
+    assert within(always, "always", 0.0) and within(always, "cross", 0.55) and not within(always, "never", None)
+
+
+# ---- matrices ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["uniform", "magnitude", "balanced"])
+def test_synthetic_exact_nnz(kind):
+    w = synthetic_weight(kind, 37, 53, 0.9, seed=3)
+    assert w.shape == (37, 53) and int((w != 0).sum()) == round(0.1 * 37 * 53)
+    assert torch.equal(w, synthetic_weight(kind, 37, 53, 0.9, seed=3))
+
+
+def test_balanced_rows_and_stats():
+    w = synthetic_weight("balanced", 10, 20, 0.5)
+    assert row_cov(w) == 0.0
+    w2 = torch.zeros(4, 4)
+    w2[0, 0] = w2[3, 3] = 1.0
+    assert nonempty_blocks(w2, 2) == 2
+    assert row_cov(w2) == pytest.approx(1.0)  # lengths 1,0,0,1: std 0.5 / mean 0.5
+
+
+def test_smtx_weight(tmp_path):
+    p = tmp_path / "a.smtx"
+    p.write_text("3, 4, 3\n0 1 1 3\n2 0 3\n")
+    w = smtx_weight(p)
+    assert (w != 0).nonzero().tolist() == [[0, 2], [2, 0], [2, 3]]
+    bad = tmp_path / "b.smtx"
+    bad.write_text("3, 4, 3\n0 1 1\n2 0 3\n")
+    with pytest.raises(ValueError, match="malformed"):
+        smtx_weight(bad)
+
+
+# ---- config -----------------------------------------------------------------------------------------------------
+def test_config_quick_and_errors():
+    q = study_config.resolve({"quick": True})
+    assert q["sparsities"] == study_config.defaults(True)["sparsities"]
+    assert study_config.resolve({"quick": True, "sparsities": [0.9]})["sparsities"] == [0.9]
+    with pytest.raises(ValueError, match="unknown study key"):
+        study_config.resolve({"sparsity": [0.5]})
+    with pytest.raises(ValueError, match="sparsities"):
+        study_config.resolve({"sparsities": [1.5]})
+    with pytest.raises(ValueError, match="model="):
+        study_config.resolve({"model": "resnet"})
+    assert study_config.resolve({"model": {"name": "vgg16", "input_size": 32}})["model"] == "vgg16"
+
+
+def test_config_from_a_whole_bench_config():
+    # bench.py mode=study passes its whole config: the study group plus top-level model/ckpt/threads/kernels
+    bench_cfg = {"mode": "study", "model": {"name": "bert_base"}, "ckpt": None, "threads": 1, "kernels": None,
+                 "plan": None, "prune": {"final": 0.9}, "study": {**study_config.defaults(), "quick": True}}
+    c = study_config.resolve(bench_cfg)
+    assert (c["model"], c["threads"], c["quick"]) == ("bert_base", 1, True)
+    assert c["sparsities"] == study_config.defaults(True)["sparsities"]
+
+
+# ---- the quick study end to end ---------------------------------------------------------------------------------
+def _seed_profile(monkeypatch, tmp_path, names):
+    """A profile for every kernel in the cache, so the test measures nothing but the sweep."""
+    from spruce.study import machine
+
+    monkeypatch.setenv("SPRUCE_CACHE", str(tmp_path / "cache"))
+    prof = MachineProfile(name="test", peak_gflops=50.0, bw_gbs=10.0, cache_bytes=32e6, threads=2,
+                          overhead_us={n: 10.0 for n in names}, sparse_eff={n: 0.1 for n in names},
+                          gather_penalty={n: 2.0 for n in names}, convert_ns={n: [1.0, 10.0] for n in names},
+                          dense_eff={"1": 0.5, "1024": 1.0})
+    path = machine.profile_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(prof.to_dict()))
+
+    def no_calibration(*a, **k):
+        raise AssertionError("the cached profile should have been used")
+    monkeypatch.setattr(machine, "calibrate_kernel", no_calibration)
+    return path
+
+
+def test_quick_study_writes_every_report_file(tmp_path, monkeypatch):
+    from spruce.study import run_study
+    from spruce.study.report import REPORT_FILES
+
+    _seed_profile(monkeypatch, tmp_path, ["torch_dense", "torch_csr", "torch_coo"])
+    out = run_study({"quick": True, "kernels": ["torch_csr", "torch_coo"], "sparsities": [0.5, 0.95],
+                     "shapes": [{"model": "tiny", "name": "a", "m": 64, "k": 96, "n": 8},
+                                {"model": "tiny", "name": "b", "m": 48, "k": 128, "n": 1}],
+                     "repeats": 1, "budget_s": 0.01, "out": str(tmp_path / "study"), "progress": False,
+                     "wandb": "offline"})
+    for name in REPORT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    summary = json.loads((out / "summary.json").read_text())
+    # 2 shapes x 2 sparsities x 2 kinds x (dense + 2 kernels)
+    assert summary["rows"] == 24 and summary["failed_or_wrong"] == 0
+    md = (out / "report.md").read_text()
+    for section in ("## Crossover", "## Amortisation", "## Real vs synthetic", "## Model vs measurement",
+                    "## H100 predictions"):
+        assert section in md
+    assert "magnitude vs uniform twin" in md  # findings are generated from the rows
+    # a report re-renders from its rows with the current profile (no new measurement)
+    from spruce.study.study import rerender
+    (out / "report.md").unlink()
+    assert rerender(out) == out and "(re-rendered)" in (out / "report.md").read_text()
+
+
+def test_failing_kernel_is_recorded_not_timed(tmp_path, monkeypatch):
+    from spruce.kernels import registry
+    from spruce.kernels.torch_sparse import TorchCsr
+    from spruce.study.sources import Case
+    from spruce.study.sweep import run_case
+
+    class Broken(TorchCsr):
+        name = "test_broken_csr"
+
+        def matmul(self, packed, x, bias=None, activation="none"):
+            return super().matmul(packed, x, bias, activation) * 1.5
+
+    case = Case("shapes", "tiny", "a", 16, 24, [4], "uniform", 0.5, "g",
+                lambda: synthetic_weight("uniform", 16, 24, 0.5))
+    rows = run_case(case, [Broken(), TorchCsr()], registry.get("torch_dense"), 1, 0.01, None)
+    by = {r["kernel"]: r for r in rows}
+    assert by["test_broken_csr"]["status"] == "wrong" and by["test_broken_csr"]["time_ms"] == ""
+    assert by["torch_csr"]["status"] == "ok" and by["torch_csr"]["time_ms"] > 0
