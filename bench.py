@@ -1,0 +1,45 @@
+"""Deploy a pruned model on the best kernel per layer and measure it: ``python bench.py deploy=auto ...``.
+
+A thin Hydra wrapper over :func:`spruce.deploy.pipeline.bench` (see ``conf/bench.yaml`` for every option).
+Bad input prints one ``error: ...`` line and exits with status 2, leaving no files behind.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+def _plain(cfg: DictConfig) -> dict:
+    """The DictConfig as a plain dict, plus what only Hydra knows: run/sweep dir, whether model= was given."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    d = OmegaConf.to_container(cfg, resolve=True)
+    hc = HydraConfig.get()
+    d["out_dir"] = d.get("out_dir") or hc.runtime.output_dir
+    if hc.mode == RunMode.MULTIRUN and not d.get("sweep_dir"):
+        d["sweep_dir"] = hc.sweep.dir
+    d["model_explicit"] = any(o.split("=", 1)[0].lstrip("+~") == "model" for o in hc.overrides.task)
+    return d
+
+
+@hydra.main(config_path="conf", config_name="bench", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from spruce.deploy.pipeline import bench, remove_if_empty
+    d = _plain(cfg)
+    try:
+        out = bench(d)
+    except ValueError as e:  # bad options, unavailable kernels, verification failures: one line, no files
+        print(f"error: {e}", file=sys.stderr)
+        remove_if_empty(d["out_dir"])
+        sys.exit(2)
+    keys = ("model", "init", "deploy", "sparsity", "latency_ms_median", "dense_latency_ms_median", "speedup",
+            "pruned_memory_ratio", "accuracy", "kernels_used")
+    print(json.dumps({k: out.get(k) for k in keys if k in out} | {"paths": out.get("paths")}, indent=1,
+                     default=str))
+
+
+if __name__ == "__main__":
+    main()

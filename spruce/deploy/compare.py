@@ -1,0 +1,61 @@
+"""Output comparison shared by planning (candidate vs dense) and verification (converted vs dense model)."""
+from __future__ import annotations
+
+import torch
+
+DEFAULT_RTOL = 1e-3
+DEFAULT_ATOL = 1e-4
+
+
+def mismatch(y: torch.Tensor, ref: torch.Tensor, rtol: float = DEFAULT_RTOL,
+             atol: float = DEFAULT_ATOL) -> str | None:
+    """Why ``y`` differs from ``ref`` beyond tolerance, or None when it matches.
+
+    Element-wise test ``|y - ref| <= atol * max|ref| + rtol * |ref|``: ``atol`` is scaled by the largest
+    magnitude of the reference so one tolerance fits layers whose outputs are 1e-3 or 1e3 (fp32 sums taken in
+    a different order differ by ~1e-6 of that scale).
+    """
+    if not isinstance(y, torch.Tensor):
+        return f"output is a {type(y).__name__}, expected a tensor"
+    if tuple(y.shape) != tuple(ref.shape):
+        return f"output shape {tuple(y.shape)} != dense {tuple(ref.shape)}"
+    y64, r64 = y.detach().double(), ref.detach().double()
+    if not bool(torch.isfinite(y64).all()) and bool(torch.isfinite(r64).all()):
+        return "output holds NaN/Inf where dense is finite"
+    if r64.numel() == 0:
+        return None
+    scale = float(r64.abs().max())
+    err = (y64 - r64).abs()
+    bad = err > atol * scale + rtol * r64.abs()
+    if bool(bad.any()):
+        worst = float(err.max())
+        return (f"max abs error {worst:.3g} exceeds tolerance (rtol={rtol:g}, atol={atol:g} x max|dense|="
+                f"{scale:.3g}) at {int(bad.sum())} of {bad.numel()} elements")
+    return None
+
+
+def first_tensor(out: object) -> torch.Tensor:
+    """The main tensor of a model output: itself, ``logits``/``last_hidden_state``, or the first tensor found."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits", "last_hidden_state"):
+        v = getattr(out, key, None)
+        if isinstance(v, torch.Tensor):
+            return v
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        for v in out:
+            if isinstance(v, torch.Tensor):
+                return v
+    raise ValueError(f"model output of type {type(out).__name__} holds no tensor to compare")
+
+
+def run_model(model: torch.nn.Module, inputs: object) -> object:
+    """``model(**inputs)`` for a dict (BERT ``input_ids``/``attention_mask``), ``model(*inputs)`` for a tuple,
+    else ``model(inputs)``."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)

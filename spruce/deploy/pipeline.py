@@ -1,0 +1,320 @@
+"""``bench(cfg)``: build or load a pruned model, plan, convert, verify, measure, report. ``bench.py`` wraps it.
+
+Order matters: every option is checked and the model, inputs and plan are made before any file is written, the
+converted model is verified against the dense one before anything is timed, and the report is written last.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spruce.deploy.accuracy import accuracy, eval_loader
+from spruce.deploy.candidates import resolve_candidates
+from spruce.deploy.config import BenchConfig, from_dict
+from spruce.deploy.plan import DENSE, Plan, plan
+from spruce.deploy.report import (LAYER_KEYS, ROW_KEYS, layer_rows, markdown_table, plot_layers, plot_sweep,
+                                  read_rows, rows_csv, run_summary, write_atomic)
+from spruce.deploy.runtime import (convert_, layer_weight_bytes, measure, reference_outputs, verify_against,
+                                   weight_bytes_by_format)
+
+
+def _note(msg: str) -> None:
+    print(f"note: {msg}", file=sys.stderr)
+
+
+# ---- model ---------------------------------------------------------------------------------------------------
+def load_model(c: BenchConfig) -> tuple[nn.Module, dict[str, Any], list[str], float | None, str]:
+    """``(model in eval mode, checkpoint meta or {}, layers to plan, sparsity label, init label)``."""
+    from spruce.models import build_model, model_family
+    from spruce.prune import default_prunable, magnitude_prune_, prunable_layers
+    if c.ckpt:
+        from spruce.models.checkpoint import model_from_checkpoint
+        model, meta = model_from_checkpoint(c.ckpt)
+        have = (meta.get("model") or {}).get("name")
+        if c.model_explicit and have != c.model["name"]:
+            raise ValueError(f"ckpt={c.ckpt!r} holds model {have!r} but model={c.model['name']} was given; "
+                             f"drop model= or pick the checkpoint's model")
+        layers = [n for n, e in (meta.get("layers") or {}).items() if e.get("pruned")]
+        if not layers:
+            layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+                      and bool((m.weight == 0).any())]
+        sparsity = (meta.get("sparsity") or {}).get("overall")
+        return model.eval(), meta, layers, sparsity, "trained checkpoint"
+    name = c.model["name"]
+    family = model_family(name)
+    kwargs = {k: v for k, v in c.model.items() if k not in ("name", "optim")}
+    if family == "vgg":
+        kwargs["input_size"] = c.image_size
+        if c.random_init:  # torchvision's VGG-16 (no BN, ImageNet head), random weights
+            kwargs.update(weights=None, batch_norm=False, num_classes=1000, head="auto")
+    elif c.random_init and name == "bert_base":
+        kwargs["pretrained"] = None
+    kwargs.update(c.extra.get("model_overrides") or {})
+    model = build_model(name, **kwargs)
+    init = str(getattr(model, "spruce_config", {}).get("init", "random-init"))
+    init = "random-init weights" if init in ("scratch", "random-init") else init
+    layers = prunable_layers(model, include=c.prune_layers) if c.prune_layers else default_prunable(model, family)
+    sparsity = c.prune_final
+    if sparsity:
+        magnitude_prune_(model, float(sparsity), scope=c.prune_scope, layers=layers)
+    return model.eval(), {}, layers, sparsity, init
+
+
+def _inputs(model: nn.Module, c: BenchConfig) -> Any:
+    from spruce.models import example_input
+    kw: dict[str, Any] = {"seq_len": c.seq_len}
+    if not c.ckpt:
+        kw["input_size"] = c.image_size
+    x = example_input(model, c.batch_size, **kw)
+    to = (lambda t: t.to(c.device))
+    return {k: to(v) for k, v in x.items()} if isinstance(x, dict) else to(x)
+
+
+def _input_label(x: Any) -> str:
+    if isinstance(x, dict):
+        return "x".join(str(s) for s in next(iter(x.values())).shape) + " tokens"
+    return "x".join(str(s) for s in x.shape)
+
+
+def find_predictor(device: str, predict: str = "auto", threads: int | None = None) -> Any:
+    """The study package's performance model as ``(kernel, layer_info) -> ms``, or None.
+
+    ``predict``: ``"auto"`` uses it only when this machine's profile is already cached (calibrating takes ~5 s per
+    kernel), ``"true"`` calibrates when needed, ``"false"`` never predicts. CPU only (the study calibrates CPU
+    kernels); ``predicted_ms`` stays null otherwise.
+    """
+    if predict in (False, "false", "False") or device != "cpu":
+        return None
+    try:
+        study = importlib.import_module("spruce.study")
+        machine = importlib.import_module("spruce.study.machine")
+    except ImportError:
+        return None
+    load, predict_ms = getattr(study, "load_profile", None), getattr(study, "predict_ms", None)
+    if load is None or predict_ms is None:
+        return None
+    if predict == "auto":
+        path_fn = getattr(machine, "profile_path", None)
+        if path_fn is None or not path_fn(threads).is_file():
+            return None
+    prof = load()
+
+    def predictor(kernel: str, info: dict[str, Any]) -> float:
+        return float(predict_ms(kernel, info.get("format", "dense"), info["m"], info["k"], info["n"], info["nnz"],
+                                None, prof))
+    return predictor
+
+
+# ---- modes other than deploy ---------------------------------------------------------------------------------
+def _run_study(cfg: dict[str, Any]) -> dict[str, Any]:
+    try:
+        study = importlib.import_module("spruce.study")
+    except ImportError as e:
+        raise ValueError(f"mode=study needs the spruce.study package ({e})") from None
+    entry = getattr(study, "run_study", None)
+    if entry is None:
+        raise ValueError("mode=study: spruce.study has no run_study(cfg) entry point yet")
+    scfg = dict(cfg.get("study") or {})
+    if scfg.get("model") is None and cfg.get("model_explicit"):
+        scfg["model"] = (cfg.get("model") or {}).get("name")
+    if scfg.get("ckpt") is None and cfg.get("ckpt"):
+        scfg["ckpt"] = cfg["ckpt"]
+    return {"mode": "study", "path": str(entry(scfg))}
+
+
+def _run_kernels(cfg: dict[str, Any]) -> dict[str, Any]:
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_kernels.py"
+    if not path.is_file():
+        raise ValueError(f"mode=kernels needs {path} (the CPU kernel benchmark), which is not there")
+    spec = importlib.util.spec_from_file_location("spruce_cpu_kernels_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    entry = getattr(mod, "run", None) or getattr(mod, "main", None)
+    if entry is None:
+        raise ValueError(f"{path} has no run(cfg) or main() function")
+    if getattr(mod, "run", None):
+        out = entry(cfg)
+    else:  # main(argv) -> exit status (benchmarks/cpu_kernels.py): pass `kernels_args` as its command line
+        args = cfg.get("kernels_args") or ["--quick"]
+        out = entry([str(a) for a in (args.split() if isinstance(args, str) else args)])
+        if out:
+            raise ValueError(f"mode=kernels: {path.name} exited with status {out}")
+    return {"mode": "kernels", "result": str(out)}
+
+
+def _fallback_unavailable(the_plan: Plan, device: str, deploy: str, notes: list[str]) -> None:
+    """A reused plan naming a kernel that cannot run here: error, or (deploy=auto only) keep that layer dense."""
+    from spruce.kernels import get as get_kernel
+    for fqn, e in the_plan.layers.items():
+        if e["kernel"] == DENSE:
+            continue
+        k = get_kernel(e["kernel"])
+        ok, why = k.is_available()
+        problem = (f"runs on {k.device}, not on device={device}" if k.device != device
+                   else (None if ok else f"is unavailable: {why}"))
+        if problem is None:
+            continue
+        if deploy != "auto":
+            raise ValueError(f"plan layer {fqn!r}: kernel {e['kernel']!r} {problem} (deploy=auto would fall back "
+                             f"to dense)")
+        notes.append(f"plan layer {fqn}: kernel {e['kernel']} {problem}; kept dense (deploy=auto fallback)")
+        e.update(kernel=DENSE, format="dense", weight_bytes=e.get("dense_bytes"), measured_ms=e.get("dense_ms"))
+
+
+def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
+    """Re-render the sweep plots and summary from ``<sweep_dir>/rows.csv``."""
+    sweep_dir = Path(sweep_dir)
+    rows_path = sweep_dir / "rows.csv"
+    if not rows_path.is_file():
+        raise ValueError(f"dir={str(sweep_dir)!r} holds no rows.csv (run a sweep with `bench.py -m ...` first)")
+    rows = read_rows(rows_path)
+    plots = plot_sweep(rows, sweep_dir)
+    md = "# bench sweep\n\n" + markdown_table(rows) + "\n" + "".join(
+        f"![{k}]({p.name})\n" for k, p in plots.items())
+    write_atomic(sweep_dir / "summary.md", md)
+    return {"mode": "aggregate", "rows": len(rows), "plots": {k: str(p) for k, p in plots.items()},
+            "summary": str(sweep_dir / "summary.md")}
+
+
+# ---- deploy --------------------------------------------------------------------------------------------------
+def bench(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run one bench (see ``conf/bench.yaml``); returns the result row plus the paths written.
+
+    ValueError (one line) on bad options, before anything is written; ``VerificationError`` naming the first
+    mismatching layer when the converted model differs from dense (nothing is timed or written then).
+    """
+    c = from_dict(cfg)
+    if c.mode == "study":
+        return _run_study(cfg)
+    if c.mode == "kernels":
+        return _run_kernels(cfg)
+    if c.mode == "aggregate":
+        return aggregate(c.extra.get("dir") or c.sweep_dir or c.out_dir)
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    torch.manual_seed(c.seed)
+    candidates, notes = resolve_candidates(c.kernels, c.device, c.deploy)
+    for n in notes:
+        _note(n)
+    model, meta, layers, sparsity, init = load_model(c)
+    model.to(c.device)
+    inputs = _inputs(model, c)
+    loader = None
+    if (meta.get("data") or {}).get("name"):
+        loader = eval_loader(meta, c.accuracy_batch_size)
+    elif c.ckpt:
+        notes.append("the checkpoint names no evaluation data set: accuracy not measured")
+
+    t0 = time.perf_counter()
+    if c.plan:
+        the_plan = Plan.load(c.plan)
+        mods = dict(model.named_modules())
+        missing = [n for n in the_plan.layers if n not in mods]
+        if missing:
+            raise ValueError(f"plan={c.plan!r} names layer {missing[0]!r}, which this model does not have")
+        notes.append(f"plan reused from {c.plan}")
+        _fallback_unavailable(the_plan, c.device, c.deploy, notes)
+    else:
+        the_plan = plan(model, inputs, candidates, objective=c.objective, mode=c.deploy, repeats=c.plan_repeats,
+                        layers=layers, warmup=1, device=c.device, rtol=c.rtol, atol=c.atol,
+                        predictor=find_predictor(c.device, c.predict, c.threads), progress=c.progress,
+                        budget_s=c.plan_budget_s)
+    plan_s = time.perf_counter() - t0
+    planned = list(the_plan.layers)
+
+    # dense side: reference outputs, timing, memory, accuracy; then convert in place (frees the dense weights)
+    ref = reference_outputs(model, inputs)
+    dense = measure(model, inputs, repeats=c.repeats, warmup=c.warmup, device=c.device)
+    dense_layer_bytes = layer_weight_bytes(model, planned)
+    dense_weight = sum(weight_bytes_by_format(model).values())
+    dense_acc = accuracy(model, loader, c.accuracy_batches) if loader is not None else None
+    conv_ms = convert_(model, the_plan, c.device)
+    if conv_ms:
+        verify_against(ref, model, inputs, c.rtol, c.atol)
+        sparse = measure(model, inputs, repeats=c.repeats, warmup=c.warmup, device=c.device)
+        acc = accuracy(model, loader, c.accuracy_batches) if loader is not None else None
+    else:
+        sparse, acc = dense, dense_acc
+    del ref
+
+    sp_label = "none" if sparsity is None else f"{float(sparsity):g}"
+    row: dict[str, Any] = {
+        "model": c.model["name"] if not meta else (meta.get("model") or {}).get("name"), "init": init,
+        "deploy": c.deploy, "objective": c.objective, "sparsity": None if sparsity is None else float(sparsity),
+        "device": c.device, "threads": torch.get_num_threads(), "batch_size": c.batch_size,
+        "input": _input_label(inputs),
+        "latency_ms_median": sparse["latency_ms_median"], "latency_ms_p90": sparse["latency_ms_p90"],
+        "dense_latency_ms_median": dense["latency_ms_median"], "dense_latency_ms_p90": dense["latency_ms_p90"],
+        "speedup": dense["latency_ms_median"] / sparse["latency_ms_median"],
+        "peak_memory_bytes": sparse["peak_memory_bytes"], "dense_peak_memory_bytes": dense["peak_memory_bytes"],
+        "weight_bytes": sum(sparse["weight_bytes"].values()), "weight_bytes_by_format": sparse["weight_bytes"],
+        "dense_weight_bytes": dense_weight,
+        "pruned_layers_bytes": layer_weight_bytes(model, planned), "pruned_layers_dense_bytes": dense_layer_bytes,
+        "accuracy": acc, "dense_accuracy": dense_acc,
+        "layers_sparse": sum(1 for e in the_plan.layers.values() if e["kernel"] != DENSE and e["format"] != "dense"),
+        "layers_planned": len(planned),
+        "kernels_used": ", ".join(f"{k} x{v}" for k, v in sorted(the_plan.kernels_used().items())),
+        "plan_s": plan_s, "convert_ms": sum(conv_ms.values()),
+    }
+    row["pruned_memory_ratio"] = (row["pruned_layers_bytes"] / dense_layer_bytes) if dense_layer_bytes else None
+    if not sparse.get("peak_memory_reset", True):
+        notes.append("peak memory could not be reset between phases: it counts from process start")
+    if init.startswith("random"):
+        notes.append("random-init weights: latency and memory are real, accuracy is meaningless and not reported")
+    return write_report(c, cfg, row, the_plan, notes, sp_label)
+
+
+def write_report(c: BenchConfig, cfg: dict[str, Any], row: dict[str, Any], the_plan: Plan, notes: list[str],
+                 sp_label: str) -> dict[str, Any]:
+    """Write plan.json, rows.csv/result.json, layers.csv, layers.png, summary.md, the W&B run; append the row to
+    the sweep's rows.csv and re-render the sweep plots when part of a sweep."""
+    out = Path(c.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    row["run_dir"] = str(out)
+    name = f"{row['model']}-{c.deploy}-s{sp_label}" + ("-random-init" if row["init"].startswith("random") else "")
+    paths: dict[str, str] = {"plan": str(the_plan.save(out / "plan.json"))}
+    lrows = layer_rows(the_plan.layers)
+    write_atomic(out / "layers.csv", rows_csv(lrows, LAYER_KEYS))
+    write_atomic(out / "rows.csv", rows_csv([row], ROW_KEYS))
+    write_atomic(out / "result.json", json.dumps({"row": row, "notes": notes}, indent=1, default=str))
+    images: dict[str, Path] = {}
+    if lrows:
+        images["layers"] = plot_layers(the_plan.layers, out / "layers.png", f"{name}: per-layer time, dense vs chosen")
+    write_atomic(out / "summary.md", run_summary(row, the_plan.layers, notes)
+                 + "".join(f"\n![{k}]({p.name})\n" for k, p in images.items()))
+    paths.update({"layers_csv": str(out / "layers.csv"), "rows_csv": str(out / "rows.csv"),
+                  "summary": str(out / "summary.md"), **{f"png_{k}": str(p) for k, p in images.items()}})
+    if c.sweep_dir:
+        sweep = Path(c.sweep_dir)
+        rows_path = sweep / "rows.csv"
+        rows = read_rows(rows_path) if rows_path.is_file() else []
+        rows.append({k: row.get(k) for k in ROW_KEYS})
+        write_atomic(rows_path, rows_csv(rows, ROW_KEYS))
+        agg = aggregate(sweep)
+        images.update({f"sweep_{k}": Path(p) for k, p in agg["plots"].items()})
+        paths["sweep_summary"] = agg["summary"]
+    if c.wandb:
+        config = {k: v for k, v in cfg.items() if k not in ("hydra",)}
+        paths["wandb_run"] = str(_log_wandb(out, name, config, row, lrows, images, c))
+    return {**row, "paths": paths, "notes": notes}
+
+
+def _log_wandb(out: Path, name: str, config: dict[str, Any], row: dict[str, Any], lrows: list[dict[str, Any]],
+               images: dict[str, Path], c: BenchConfig) -> Path:
+    from spruce.deploy.wandb_log import log_run
+    return log_run(out, name, config, row, lrows, images, offline=c.wandb_offline, project=c.wandb_project)
+
+
+def remove_if_empty(path: str | Path) -> None:
+    """Remove ``path`` if it is an empty directory (Hydra makes the run dir before bench validates anything)."""
+    p = Path(path)
+    if p.is_dir() and not any(p.iterdir()):
+        shutil.rmtree(p, ignore_errors=True)

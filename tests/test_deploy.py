@@ -1,0 +1,298 @@
+"""Deploy runtime: plan -> convert -> verify on tiny VGG-like and BERT models, for every available CPU kernel."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from spruce.deploy import (DENSE, Plan, SparseConv2d, SparseLinear, VerificationError, convert_, measure, plan,
+                           verify)
+from spruce.deploy.candidates import resolve_candidates
+from spruce.kernels import kernels, register, unregister
+from spruce.kernels.registry import Kernel
+
+CPU_KERNELS = [k.name for k in kernels(device="cpu")]
+
+
+def _prune_(model: nn.Module, sparsity: float) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                w = m.weight
+                k = int(sparsity * w.numel())
+                thr = w.abs().flatten().kthvalue(k).values
+                w[w.abs() <= thr] = 0
+
+
+def tiny_cnn(seed: int = 0) -> nn.Module:
+    """A VGG-like CNN: conv-relu-conv-relu-pool-conv-relu, then a two-layer head; input [B, 3, 8, 8]."""
+    torch.manual_seed(seed)
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1, stride=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 24), nn.ReLU(),
+        nn.Linear(24, 5)).eval()
+    _prune_(m, 0.8)
+    return m
+
+
+def tiny_bert() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A 2-layer BERT (hidden 32) with its encoder Linears pruned to 80%; input [2, 7] token ids."""
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=48, max_position_embeddings=16)
+    m = BertModel(cfg).eval()
+    with torch.no_grad():
+        for name, mod in m.named_modules():
+            if isinstance(mod, nn.Linear) and name.startswith("encoder."):
+                w = mod.weight
+                w[w.abs() <= w.abs().flatten().kthvalue(int(0.8 * w.numel())).values] = 0
+    ids = torch.randint(0, 50, (2, 7))
+    return m, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def forced_plan(model: nn.Module, kernel: str) -> Plan:
+    """A plan putting every Linear/Conv2d with zeros on ``kernel`` (bypasses timing)."""
+    return Plan(layers={n: {"kernel": kernel} for n, m in model.named_modules()
+                        if isinstance(m, (nn.Linear, nn.Conv2d)) and bool((m.weight == 0).any())})
+
+
+@pytest.mark.parametrize("kernel", CPU_KERNELS)
+def test_convert_matches_dense_cnn(kernel: str) -> None:
+    m = tiny_cnn()
+    x = torch.randn(2, 3, 8, 8)
+    s = copy.deepcopy(m)
+    convert_(s, forced_plan(m, kernel))
+    assert sum(isinstance(mm, (SparseConv2d, SparseLinear)) for mm in s.modules()) == 5
+    verify(m, s, x)
+    with torch.inference_mode():
+        torch.testing.assert_close(s(x), m(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", CPU_KERNELS)
+def test_convert_matches_dense_bert(kernel: str) -> None:
+    m, x = tiny_bert()
+    s = copy.deepcopy(m)
+    p = forced_plan(m, kernel)
+    assert len(p.layers) == 12  # 6 encoder Linears per layer x 2 layers
+    convert_(s, p)
+    verify(m, s, x)
+    with torch.inference_mode():
+        torch.testing.assert_close(s(**x).last_hidden_state, m(**x).last_hidden_state, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["sparse", "auto", "dense"])
+def test_plan_convert_verify_all_kernels(mode: str) -> None:
+    m = tiny_cnn()
+    x = torch.randn(1, 3, 8, 8)
+    p = plan(m, x, kernels(device="cpu"), mode=mode, repeats=1, warmup=0, progress=False)
+    assert list(p.layers) == ["0", "2", "5", "8", "10"]
+    for e in p.layers.values():
+        for key in ("kernel", "format", "weight_bytes", "dense_bytes", "predicted_ms", "measured_ms", "dense_ms",
+                    "convert_ms", "candidates", "amortise_inferences"):
+            assert key in e
+        if mode == "sparse":
+            assert e["format"] != "dense" and e["kernel"] != DENSE
+        if mode == "dense":
+            assert e["kernel"] == DENSE and e["candidates"] == {DENSE: e["dense_ms"]}
+        else:
+            assert set(e["candidates"]) == {DENSE, *CPU_KERNELS}
+            chosen = e["candidates"][e["kernel"]]
+            assert isinstance(chosen, float) and chosen == e["measured_ms"]
+    s = copy.deepcopy(m)
+    convert_(s, p)
+    verify(m, s, x)
+
+
+def test_objective_memory_picks_fewest_bytes() -> None:
+    m = tiny_cnn()
+    p = plan(m, torch.randn(1, 3, 8, 8), kernels(device="cpu"), objective="memory", mode="sparse", repeats=1,
+             warmup=0, progress=False)
+    for e in p.layers.values():
+        assert e["weight_bytes"] < e["dense_bytes"]
+
+
+def test_plan_json_round_trip(tmp_path) -> None:
+    m = tiny_cnn()
+    p = plan(m, torch.randn(1, 3, 8, 8), kernels(device="cpu"), mode="auto", repeats=1, warmup=0, progress=False)
+    p.layers["0"]["amortise_inferences"] = math.inf
+    path = p.save(tmp_path / "sub" / "plan.json")
+    q = Plan.load(path)
+    assert q.layers == p.layers and q.meta == p.meta
+    assert q.layers["0"]["amortise_inferences"] == math.inf
+    assert not list(path.parent.glob(".*.tmp"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Plan.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="does not exist"):
+        Plan.load(tmp_path / "missing.json")
+
+
+# ---- deliberately wrong / failing kernels -----------------------------------------------------------------
+class _OffByOne(Kernel):
+    """A 'sparse' kernel whose output is off by 1e-2: verification must catch it."""
+
+    name = "test_wrong_plus_1e2"
+    format = "csr"
+    device = "cpu"
+
+    def prepare(self, weight):
+        return weight.detach().clone()
+
+    def matmul(self, packed, x, bias=None, activation="none"):
+        y = packed @ x + 1e-2
+        return y if bias is None else y + bias[:, None]
+
+    def weight_bytes(self, packed):
+        return packed.numel() * packed.element_size() // 10
+
+
+class _Broken(_OffByOne):
+    name = "test_broken_prepare"
+
+    def prepare(self, weight):
+        raise RuntimeError("cannot pack this\nsecond line")
+
+
+class _Unavailable(_OffByOne):
+    name = "test_unavailable"
+
+    @classmethod
+    def is_available(cls):
+        return False, "needs a library that is not installed"
+
+
+class _Slow(_OffByOne):
+    """Correct but slow: its amortisation must be inf."""
+
+    name = "test_slow_correct"
+
+    def matmul(self, packed, x, bias=None, activation="none"):
+        time.sleep(0.003)
+        y = packed @ x
+        return y if bias is None else y + bias[:, None]
+
+
+@pytest.fixture
+def test_kernels():
+    for cls in (_OffByOne, _Broken, _Unavailable, _Slow):
+        register(cls)
+    yield
+    for cls in (_OffByOne, _Broken, _Unavailable, _Slow):
+        unregister(cls.name)
+
+
+def test_plan_reports_wrong_and_broken_kernels_as_failed(test_kernels) -> None:
+    m = tiny_cnn()
+    cands = [_OffByOne(), _Broken(), _Slow()]
+    p = plan(m, torch.randn(1, 3, 8, 8), cands, mode="auto", repeats=1, warmup=0, progress=False)
+    for e in p.layers.values():
+        assert e["candidates"][_OffByOne.name].startswith("failed: wrong output")
+        assert e["candidates"][_Broken.name] == "failed: RuntimeError: cannot pack this"
+        assert e["kernel"] != _OffByOne.name
+    with pytest.raises(ValueError, match="no sparse kernel works for layer '0'"):
+        plan(m, torch.randn(1, 3, 8, 8), [_OffByOne(), _Broken()], mode="sparse", repeats=1, warmup=0,
+             progress=False)
+
+
+def test_slow_kernel_never_amortises(test_kernels) -> None:
+    m = nn.Sequential(nn.Linear(8, 4)).eval()
+    _prune_(m, 0.5)
+    p = plan(m, torch.randn(3, 8), [_Slow()], mode="sparse", repeats=2, warmup=0, progress=False)
+    e = p.layers["0"]
+    assert e["kernel"] == _Slow.name and e["measured_ms"] >= 3.0
+    assert e["amortise_inferences"] == math.inf and e["speedup"] < 1
+
+
+def test_verify_names_first_wrong_layer(test_kernels) -> None:
+    m = tiny_cnn()
+    s = copy.deepcopy(m)
+    p = forced_plan(m, "torch_dense" if "torch_dense" in CPU_KERNELS else CPU_KERNELS[0])
+    p.layers["2"] = {"kernel": _OffByOne.name}
+    p.layers["8"] = {"kernel": _OffByOne.name}
+    convert_(s, p)
+    with pytest.raises(VerificationError, match="layer '2'") as ei:
+        verify(m, s, torch.randn(2, 3, 8, 8))
+    assert ei.value.layer == "2"
+
+
+def test_candidates_restriction(test_kernels) -> None:
+    with pytest.raises(ValueError, match="unknown kernel 'nope'"):
+        resolve_candidates(["nope"], "cpu", "auto")
+    with pytest.raises(ValueError, match="unavailable on cpu: needs a library"):
+        resolve_candidates([_Unavailable.name], "cpu", "sparse")
+    got, notes = resolve_candidates([_Unavailable.name, _Slow.name], "cpu", "auto")
+    assert [k.name for k in got] == [_Slow.name] and "dropped" in notes[0]
+    if "torch_dense" in CPU_KERNELS:
+        with pytest.raises(ValueError, match="deploy=sparse needs a sparse kernel"):
+            resolve_candidates(["torch_dense"], "cpu", "sparse")
+    assert all(k.device == "cpu" for k in resolve_candidates(None, "cpu", "auto")[0])
+
+
+def test_convert_rejects_unknown_layer_and_kernel() -> None:
+    m = tiny_cnn()
+    with pytest.raises(ValueError, match="'nothere' is not in the model"):
+        convert_(copy.deepcopy(m), Plan(layers={"nothere": {"kernel": CPU_KERNELS[0]}}))
+    with pytest.raises(ValueError, match="unknown kernel 'nope'"):
+        convert_(copy.deepcopy(m), Plan(layers={"0": {"kernel": "nope"}}))
+
+
+# ---- modules and measurement -----------------------------------------------------------------------------
+def test_sparse_linear_batch_dims_and_grouped_conv_skipped() -> None:
+    lin = nn.Linear(6, 5)
+    sl = SparseLinear.from_linear(lin, CPU_KERNELS[0])
+    x = torch.randn(2, 3, 6)
+    with torch.inference_mode():
+        torch.testing.assert_close(sl(x), lin(x), rtol=1e-5, atol=1e-6)
+    m = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=2)).eval()
+    _prune_(m, 0.5)
+    p = plan(m, torch.randn(1, 4, 5, 5), kernels(device="cpu"), mode="sparse", repeats=1, warmup=0, progress=False)
+    assert p.layers["0"]["kernel"] == DENSE and "groups=2" in p.layers["0"]["skipped"]
+
+
+def test_measure_keys() -> None:
+    m = tiny_cnn()
+    r = measure(m, torch.randn(1, 3, 8, 8), repeats=5, warmup=1)
+    assert len(r["latency_ms"]) == 5
+    assert 0 < r["latency_ms_median"] <= r["latency_ms_p90"]
+    assert r["peak_memory_bytes"] > 0
+    total = sum(p.numel() * 4 for p in m.parameters())
+    assert r["weight_bytes"] == {"dense": total}
+
+
+def test_bad_plan_arguments() -> None:
+    m = tiny_cnn()
+    with pytest.raises(ValueError, match="unknown deploy mode 'fast'"):
+        plan(m, torch.randn(1, 3, 8, 8), [], mode="fast")
+    with pytest.raises(ValueError, match="unknown objective"):
+        plan(m, torch.randn(1, 3, 8, 8), [], objective="speed")
+    with pytest.raises(ValueError, match="layer 'zz' is not in the model"):
+        plan(m, torch.randn(1, 3, 8, 8), [], layers=["zz"])
+
+
+def test_predictor_hook_fills_predicted_ms() -> None:
+    m = tiny_cnn()
+    seen = []
+
+    def predictor(kernel: str, info: dict) -> float:
+        seen.append((kernel, info["format"], info["m"], info["k"], info["n"]))
+        return 1.25
+
+    p = plan(m, torch.randn(1, 3, 8, 8), kernels(device="cpu"), mode="sparse", repeats=1, warmup=0,
+             progress=False, predictor=predictor)
+    assert all(e["predicted_ms"] == 1.25 for e in p.layers.values())
+    assert seen[0][2:] == (8, 27, 64)  # first conv: 8 x (3*3*3), N = 8*8 output pixels
+    assert all(fmt != "dense" for _, fmt, *_ in seen)
+
+
+def test_median_and_p90_nearest_rank() -> None:
+    from spruce.deploy.timing import median, p90, time_ms
+    xs = [float(i) for i in range(10, 0, -1)]
+    assert median(xs) == 5.5 and p90(xs) == 9.0 and p90([3.0]) == 3.0
+    assert len(time_ms(lambda: time.sleep(0.002), repeats=50, warmup=0, budget_s=0.01)) < 50
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        time_ms(lambda: None, repeats=0)
