@@ -35,6 +35,9 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {e}", file=sys.stderr)
         remove_if_empty(d["out_dir"])
         sys.exit(2)
+    if out.get("mode") in ("study", "kernels", "aggregate"):
+        print(json.dumps(out, indent=1, default=str))
+        return
     keys = ("model", "init", "deploy", "sparsity", "latency_ms_median", "dense_latency_ms_median", "speedup",
             "pruned_memory_ratio", "accuracy", "kernels_used")
     print(json.dumps({k: out.get(k) for k in keys if k in out} | {"paths": out.get("paths")}, indent=1,

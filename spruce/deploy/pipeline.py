@@ -127,6 +127,9 @@ def _run_study(cfg: dict[str, Any]) -> dict[str, Any]:
         scfg["model"] = (cfg.get("model") or {}).get("name")
     if scfg.get("ckpt") is None and cfg.get("ckpt"):
         scfg["ckpt"] = cfg["ckpt"]
+        scfg["source"] = "ckpt"
+    if cfg.get("source"):  # `bench.py mode=study source=dlmc` (top-level shorthand for study.source)
+        scfg["source"] = cfg["source"]
     return {"mode": "study", "path": str(entry(scfg))}
 
 
