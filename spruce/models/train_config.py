@@ -1,0 +1,109 @@
+"""Start-up validation of a ``train.py`` config (a plain dict): one clear line per problem, nothing written.
+
+Kept free of Lightning imports so a bad command line fails in about a second.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from spruce.data import KINDS
+from spruce.models import MODELS, model_family
+
+PRUNE_METHODS = ("agp", "oneshot", "iterative", "none")
+PRUNE_UNITS = ("step", "epoch")
+PRUNE_SCOPES = ("layerwise", "global")
+LOGGERS = ("wandb", "csv", "none")
+FAMILY_KIND = {"vgg": "image", "bert": "text"}
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before anything runs or is written."""
+
+
+def _num(cfg: dict[str, Any], key: str) -> float:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"prune.{key}={value!r} is not allowed; it must be a number")
+    return float(value)
+
+
+def check_prune(prune: dict[str, Any]) -> None:
+    """``prune.method`` known, ``final`` in [0, 1), ``initial`` in [0, final], ``0 <= start <= end``, unit, scope."""
+    method = prune.get("method")
+    if method not in PRUNE_METHODS:
+        raise ConfigError(f"prune.method={method!r} is not allowed; allowed: {', '.join(PRUNE_METHODS)}")
+    final, initial = _num(prune, "final"), _num(prune, "initial")
+    if not 0.0 <= final < 1.0:
+        raise ConfigError(f"prune.final={prune['final']!r} is not allowed; it must be in [0, 1)")
+    if not 0.0 <= initial <= final:
+        raise ConfigError(f"prune.initial={prune['initial']!r} is not allowed; it must be in [0, prune.final={final}]")
+    start, end, every = _num(prune, "start"), _num(prune, "end"), _num(prune, "every")
+    if start < 0:
+        raise ConfigError(f"prune.start={prune['start']!r} is not allowed; it must be >= 0")
+    if start > end:
+        raise ConfigError(f"prune.start={prune['start']!r} > prune.end={prune['end']!r} is not allowed; "
+                          f"pruning must start at or before it ends")
+    if every <= 0:
+        raise ConfigError(f"prune.every={prune['every']!r} is not allowed; it must be > 0")
+    if prune.get("unit") not in PRUNE_UNITS:
+        raise ConfigError(f"prune.unit={prune.get('unit')!r} is not allowed; allowed: {', '.join(PRUNE_UNITS)}")
+    if prune.get("unit") == "step" and any(float(v) != int(v) for v in (start, end, every)):
+        raise ConfigError(f"prune.unit=step needs whole numbers for start/end/every; got {start}, {end}, {every}")
+    if prune.get("scope") not in PRUNE_SCOPES:
+        raise ConfigError(f"prune.scope={prune.get('scope')!r} is not allowed; allowed: {', '.join(PRUNE_SCOPES)}")
+    if method == "none" and final != 0.0:
+        raise ConfigError(f"prune=none is the dense baseline, so prune.final={prune['final']!r} is not allowed "
+                          f"(use prune=agp or prune=magnitude to prune)")
+
+
+def check_checkpoint(path: str, model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The resume checkpoint exists, loads safely, and was written for the same model. Returns its meta."""
+    from spruce.models.checkpoint import load_checkpoint
+    try:
+        meta = load_checkpoint(path)["spruce"]
+    except ValueError as e:
+        raise ConfigError(f"ckpt_path: {e}") from None
+    saved = meta.get("model") or {}
+    if saved.get("name") != model_cfg.get("name"):
+        raise ConfigError(f"ckpt_path {path!r} holds model {saved.get('name')!r}, not model={model_cfg.get('name')!r};"
+                          f" resume with model={saved.get('name')} or start without ckpt_path")
+    keys = ("batch_norm", "width_div", "head") if model_cfg["name"] == "vgg16" else ()
+    for key in keys:
+        if key in saved and key in model_cfg and saved[key] != model_cfg[key]:
+            raise ConfigError(f"ckpt_path {path!r} was trained with model.{key}={saved[key]!r}, this run has "
+                              f"model.{key}={model_cfg[key]!r}; use the same model settings to resume")
+    return meta
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Validate a composed train config; raises ``ConfigError`` with one line naming the value and the fix."""
+    model, data = cfg.get("model") or {}, cfg.get("data") or {}
+    name = model.get("name")
+    if name not in MODELS:
+        raise ConfigError(f"model={name!r} is not allowed; allowed: {', '.join(MODELS)}")
+    if data.get("name") not in KINDS:
+        raise ConfigError(f"data={data.get('name')!r} is not allowed; allowed: {', '.join(KINDS)}")
+    family, kind = model_family(name), KINDS[data["name"]]
+    if FAMILY_KIND[family] != kind:
+        allowed = [d for d, k in KINDS.items() if k == FAMILY_KIND[family]]
+        raise ConfigError(f"model={name} ({FAMILY_KIND[family]} model) cannot train on data={data['name']} "
+                          f"({kind} data); allowed data for it: {', '.join(allowed)}")
+    check_prune(cfg.get("prune") or {})
+    from spruce.models.optim import check_optim
+    try:
+        check_optim(model.get("optim") or {})
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    logger = (cfg.get("logger") or {}).get("name")
+    if logger not in LOGGERS:
+        raise ConfigError(f"logger={logger!r} is not allowed; allowed: {', '.join(LOGGERS)}")
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer")
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is not None:
+        if not Path(str(ckpt)).is_file():
+            raise ConfigError(f"ckpt_path={ckpt!r} does not exist; give the path of a .ckpt written by train.py")
+        check_checkpoint(str(ckpt), model)

@@ -1,0 +1,171 @@
+"""``train(cfg, run_dir)``: the job behind ``train.py`` - build model and data, train with Lightning, prune with
+``PruningCallback``, save ``checkpoints/last.ckpt`` and print/write the summary.
+
+``cfg`` is the plain-dict form of ``conf/train.yaml`` (``OmegaConf.to_container(cfg, resolve=True)``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spruce.models.train_config import ConfigError, check_config
+
+
+def run_name(cfg: dict[str, Any], init: str) -> str:
+    """``<model>[-random-init]-<data>-<method><final>``, e.g. ``vgg16-digits-agp0.9``."""
+    model = cfg["model"]["name"] + ("-random-init" if init == "random-init" else "")
+    prune = cfg["prune"]
+    tag = "dense" if prune["method"] == "none" else f"{prune['method']}{prune['final']}"
+    return f"{model}-{cfg['data']['name']}-{tag}"
+
+
+def build_pruning_callback(prune: dict[str, Any], family: str) -> Any:
+    """The ``PruningCallback`` for ``prune`` (``None`` for ``method: none``)."""
+    if prune["method"] == "none":
+        return None
+    from spruce.prune.callback import PruningCallback
+    step = prune["unit"] == "step"
+    conv = int if step else float
+    return PruningCallback(method=prune["method"], initial=float(prune["initial"]), final=float(prune["final"]),
+                           start=conv(prune["start"]), end=conv(prune["end"]), every=conv(prune["every"]),
+                           unit=prune["unit"], iterations=int(prune.get("iterations", 5)), scope=prune["scope"],
+                           score=prune.get("score", "magnitude"), layers=prune.get("layers"), family=family,
+                           prune_classifier=bool(prune.get("prune_classifier", True)))
+
+
+def build_logger(cfg: dict[str, Any], run_dir: Path, name: str) -> Any:
+    """Lightning logger for ``cfg["logger"]``: W&B (offline unless ``offline: false``), CSV, or ``False``."""
+    kind = cfg["logger"]["name"]
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+        return CSVLogger(save_dir=str(run_dir), name="csv")
+    from lightning.pytorch.loggers import WandbLogger
+    lg = cfg["logger"]
+    return WandbLogger(name=name, save_dir=str(run_dir), offline=bool(lg.get("offline", True)),
+                       project=lg.get("project", "spruce"), entity=lg.get("entity"), tags=list(lg.get("tags") or []))
+
+
+def _save_atomic(trainer: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    trainer.save_checkpoint(str(tmp), weights_only=False)
+    os.replace(tmp, path)
+
+
+def prepare(cfg: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Validate ``cfg`` and build ``(model, datamodule, tokenizer)``; writes nothing. Raises ``ValueError``."""
+    check_config(cfg)
+    import random
+
+    import numpy as np
+    seed = int(cfg["seed"])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # the model's initial weights depend on the seed only
+    from spruce.data import KINDS, build_datamodule
+    from spruce.models import build_model
+    from spruce.models.bert import build_tokenizer
+
+    model_cfg = {k: v for k, v in cfg["model"].items() if k != "optim"}
+    data_cfg = dict(cfg["data"])
+    tokenizer = None
+    if KINDS[data_cfg["name"]] == "text":
+        tokenizer = build_tokenizer(model_cfg["name"], model_cfg.get("pretrained"))
+    dm = build_datamodule(data_cfg.pop("name"), tokenizer=tokenizer, **data_cfg)
+    dm.prepare_data()
+    dm.setup("fit")  # load now: a missing/bad data set fails here, before anything is written
+    build_kwargs = dict(model_cfg, num_classes=int(dm.num_classes))
+    if model_cfg["name"] == "vgg16":
+        build_kwargs["input_size"] = int(dm.input_size)
+    model = build_model(build_kwargs.pop("name"), **build_kwargs)
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is not None:
+        from spruce.models.checkpoint import load_checkpoint
+        saved = load_checkpoint(ckpt)["spruce"]["model"]
+        if int(saved.get("num_classes", -1)) != int(dm.num_classes):
+            raise ConfigError(f"ckpt_path {ckpt!r} has {saved.get('num_classes')} classes but data="
+                              f"{cfg['data']['name']} has {dm.num_classes}; resume on the same data")
+    return model, dm, tokenizer
+
+
+def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Train (and prune) as ``cfg`` says; outputs go under ``run_dir``. Returns the summary dict.
+
+    Raises ``ValueError`` (``ConfigError`` for configuration problems, found before anything is written).
+    """
+    run_dir = Path(run_dir)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    model, dm, _ = prepare(cfg)
+
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from spruce.models.module import SpruceModule, model_sparsity
+    from spruce.models.summary import print_summary, write_summary
+
+    L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+    init = model.spruce_config["init"]
+    name = run_name(cfg, init)
+    prune_cb = build_pruning_callback(cfg["prune"], model.family)
+    module = SpruceModule(model, cfg["model"]["optim"], dm.meta() if hasattr(dm, "meta") else {},
+                          run={"name": name, "prune": dict(cfg["prune"]), "seed": int(cfg["seed"])})
+    ckpt_dir = run_dir / "checkpoints"
+    # "last.ckpt" rewritten after every epoch (resume after an interruption) and once more at the end
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", monitor=None, save_top_k=1,
+                                            enable_version_counter=False)]
+    if prune_cb is not None:
+        callbacks.append(prune_cb)
+    logger = build_logger(cfg, run_dir, name)
+    if logger:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer_kwargs = {k: v for k, v in cfg["trainer"].items() if v is not None or k.startswith("limit_")}
+    trainer_kwargs = {k: (1.0 if v is None else v) for k, v in trainer_kwargs.items()}
+    try:
+        trainer = L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **trainer_kwargs)
+    except (TypeError, ValueError) as e:  # unknown/invalid trainer.* keys
+        raise ConfigError(f"trainer: {str(e).splitlines()[0]}") from None
+    wandb_dir = None
+    try:
+        if logger:
+            logger.log_hyperparams({k: v for k, v in cfg.items() if k != "hydra"})
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        final = module.evaluate(dm.val_dataloader())
+        module.metrics.update(val_acc=final["acc"], val_loss=final["loss"], val_epoch=int(trainer.current_epoch))
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        last = ckpt_dir / "last.ckpt"
+        _save_atomic(trainer, last)
+        sparsity = model_sparsity(model)
+        summary = {
+            "run_name": name, "model": cfg["model"]["name"], "init": init,
+            "params": sum(p.numel() for p in model.parameters()), "data": cfg["data"]["name"],
+            "num_classes": int(dm.num_classes),
+            "prune": ("none (dense baseline)" if cfg["prune"]["method"] == "none" else
+                      f"{cfg['prune']['method']} -> {cfg['prune']['final']} ({cfg['prune']['scope']}, "
+                      f"{cfg['prune']['unit']}s {cfg['prune']['start']}..{cfg['prune']['end']})"),
+            **{k: module.metrics.get(k) for k in ("val_acc_initial", "val_acc_dense", "dense_epoch", "val_acc")},
+            "sparsity": sparsity, "global_step": int(trainer.global_step), "epochs": int(trainer.current_epoch),
+            "checkpoint": str(last), "run_dir": str(run_dir),
+        }
+        if logger and cfg["logger"]["name"] == "wandb":
+            exp = logger.experiment
+            wandb_dir = str(Path(exp.dir).parent)
+            exp.summary.update({"final/val_acc": summary["val_acc"], "final/val_acc_dense": summary["val_acc_dense"],
+                                "final/sparsity_overall": sparsity["overall"], "run_name": name, "init": init})
+        elif logger:
+            logger.log_metrics({"final/val_acc": summary["val_acc"], "final/sparsity_overall": sparsity["overall"]},
+                               step=int(trainer.global_step))
+            logger.save()
+        summary["wandb_dir"] = wandb_dir
+        write_summary(summary, run_dir)
+        print_summary(summary)
+        return summary
+    finally:
+        if logger and cfg["logger"]["name"] == "wandb":
+            import wandb
+            if wandb.run is not None:
+                wandb.finish()

@@ -1,0 +1,44 @@
+"""Train and prune a model: ``python train.py [model=vgg16] [data=digits] [prune=agp] [prune.final=0.9] ...``
+
+A thin Hydra wrapper over ``spruce.models.train_job.train``. Configuration errors print one ``error: ...`` line,
+exit with status 1 and leave no run directory behind.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+HYDRA_ONLY = {".hydra", "train.log"}
+
+
+def _remove_if_empty_run(run_dir: Path) -> None:
+    """Delete a run dir that holds only what Hydra wrote before the job failed (and its empty parents)."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_ONLY:
+        shutil.rmtree(run_dir)
+        parent = run_dir.parent
+        while parent.name not in ("outputs", "multirun", "") and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        from spruce.models.train_job import train
+        return train(plain, run_dir)
+    except ValueError as e:  # ConfigError and the library's one-line ValueErrors
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        _remove_if_empty_run(run_dir)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
