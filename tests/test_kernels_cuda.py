@@ -585,3 +585,11 @@ def test_import_needs_neither_cupy_nor_nvrtc() -> None:
             "assert not bad or __import__('torch').cuda.is_available(), bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_nvrtc_compile_leaves_python_byte_singletons_intact() -> None:
+    """Regression: NVRTC once wrote its (empty) log into CPython's shared one-byte b" " object, which broke
+    unrelated code later in the process (torch.load of bool tensors)."""
+    from spruce.kernels.cuda.nvrtc import compile_source
+    compile_source("dense_to_csr.cu", "sm_80")
+    assert b" " == bytes([32]) and b" " * 3 == bytes([32, 32, 32])

@@ -57,9 +57,11 @@ def compile_source(source: str, arch: str = "sm_80", defines: tuple[str, ...] = 
         (compile_err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         err, size = nvrtc.nvrtcGetProgramLogSize(prog)
         _check(err, "get log size")
-        buf = b" " * size
+        # A fresh mutable buffer: NVRTC writes into it. (`b" " * size` would hand NVRTC an immutable bytes
+        # object, and for size 1 CPython's shared one-byte singleton, corrupting every later b" " in the process.)
+        buf = bytearray(size + 1)
         _check(nvrtc.nvrtcGetProgramLog(prog, buf), "get log")
-        log = buf.rstrip(b"\x00").decode(errors="replace").strip()
+        log = bytes(buf).rstrip(b"\x00").decode(errors="replace").strip()
         if compile_err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise CudaCompileError(f"{source} ({arch}) does not compile:\n{log}")
         if "warning" in log.lower():
@@ -71,8 +73,8 @@ def compile_source(source: str, arch: str = "sm_80", defines: tuple[str, ...] = 
             lowered[name] = sym.decode()
         err, size = nvrtc.nvrtcGetCUBINSize(prog)
         _check(err, "get CUBIN size")
-        cubin = b" " * size
+        cubin = bytearray(size)
         _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "get CUBIN")
-        return CompileResult(source, arch, cubin, log, lowered)
+        return CompileResult(source, arch, bytes(cubin), log, lowered)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
