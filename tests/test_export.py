@@ -17,7 +17,7 @@ from spruce.sparse.files import read_smtx
 from spruce.sparse.formats import csr_structure
 
 ROOT = Path(__file__).resolve().parent.parent
-DLMC = Path("/work/shared/dlmc")
+from shared_data import DLMC  # noqa: E402
 
 
 def make_checkpoint(path: Path, unmasked_nonzero: bool = False, layers_meta: bool = True) -> dict:

@@ -14,7 +14,7 @@ from spruce.kernels import get
 from spruce.kernels.cpu import CpuPacked, build
 
 OURS = ["spruce_csr", "spruce_csr_direct", "spruce_bsr4x1"]
-DLMC = Path("/work/shared/dlmc")
+from shared_data import DLMC  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -10,7 +10,7 @@ from spruce.sparse.files import (mtx_bytes, read_mtx, read_npz, read_smtx, smtx_
                                  write_smtx)
 from spruce.sparse.formats import dense_to_csr
 
-DLMC = Path("/work/shared/dlmc")
+from shared_data import DLMC  # noqa: E402
 DLMC_SAMPLE = [DLMC / "rn50/magnitude_pruning/0.98/bottleneck_1_block_group1_1_1.smtx",
                DLMC / "transformer/random_pruning/0.9/body_encoder_layer_0_self_attention_multihead_attention_q_"
                       "fully_connected.smtx"]

@@ -10,7 +10,8 @@ from spruce.sparse.shapes import layer_shapes, named_shapes
 from spruce.sparse.stats import matrix_stats, row_length_ks
 from spruce.sparse.synthetic import KINDS, benchmark_case, dense_operand, derive_seed, generate, nnz_for
 
-DLMC_REF = Path("/work/shared/dlmc/transformer/magnitude_pruning/0.7/"
+from shared_data import DLMC  # noqa: E402
+DLMC_REF = (DLMC / "transformer/magnitude_pruning/0.7/"
                 "body_encoder_layer_0_self_attention_multihead_attention_q_fully_connected.smtx")
 
 
