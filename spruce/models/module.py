@@ -138,6 +138,11 @@ class SpruceModule(L.LightningModule):
         self.log("test/acc", correct.float() / n, on_epoch=True, batch_size=n)
         self.log("test/loss", loss, on_epoch=True, batch_size=n)
 
+    def on_train_epoch_start(self) -> None:
+        # Hugging Face's from_pretrained returns the model in eval mode and Lightning 2.6 keeps a module's mode
+        # as it finds it: switch to train mode so dropout is active while fine-tuning.
+        self.model.train()
+
     @torch.no_grad()
     def evaluate(self, loader: Any) -> dict[str, float]:
         """Accuracy and mean loss of the current weights over ``loader`` (eval mode, no Lightning loop)."""
