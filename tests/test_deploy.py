@@ -296,3 +296,18 @@ def test_median_and_p90_nearest_rank() -> None:
     assert len(time_ms(lambda: time.sleep(0.002), repeats=50, warmup=0, budget_s=0.01)) < 50
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         time_ms(lambda: None, repeats=0)
+
+
+@pytest.mark.parametrize("sparse_ms, expected", [(9.5, DENSE), (8.0, "torch_csr")])
+def test_auto_needs_a_margin_over_dense(monkeypatch, sparse_ms: float, expected: str) -> None:
+    """deploy=auto keeps the original module unless a sparse kernel is more than AUTO_MARGIN faster."""
+    import importlib
+    plan_mod = importlib.import_module("spruce.deploy.plan")  # the module (spruce.deploy.plan is also a function)
+    monkeypatch.setattr(plan_mod, "time_ms", lambda fn, **kw: [10.0])  # the dense layer: 10 ms
+    monkeypatch.setattr(plan_mod, "_time_candidate", lambda *a, **kw: (sparse_ms, 3))
+    layer = nn.Linear(16, 8)
+    with torch.no_grad():
+        layer.weight[:, ::2] = 0
+    from spruce.kernels import get
+    entry = plan_mod.plan_layer("fc", layer, torch.randn(4, 16), [get("torch_csr")], "auto", "latency")
+    assert entry["kernel"] == expected and entry["candidates"]["torch_csr"] == sparse_ms

@@ -27,6 +27,9 @@ from spruce.deploy.timing import median, time_ms
 from spruce.kernels.registry import Kernel
 
 MODES = ("sparse", "dense", "auto")
+#: deploy=auto keeps the original module unless a sparse kernel is at least this much faster (0.1 = 10%): single
+#: layer timings vary by that much on a shared machine, and a layer planned sparse at its crossover loses end to end
+AUTO_MARGIN = 0.10
 OBJECTIVES = ("latency", "memory")
 DENSE = "dense"  # the plan's name for "keep the original nn.Module"
 PLAN_VERSION = 1
@@ -265,6 +268,9 @@ def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequenc
     key = (lambda n: (stats[n]["ms"], stats[n]["bytes"])) if objective == "latency" else (
         lambda n: (stats[n]["bytes"], stats[n]["ms"]))
     pick = min(choices, key=key)
+    if (mode == "auto" and objective == "latency" and pick != DENSE and DENSE in stats
+            and stats[pick]["ms"] * (1.0 + AUTO_MARGIN) > stats[DENSE]["ms"]):
+        pick = DENSE  # a per-layer win inside the timing noise is not worth a conversion (and often isn't real)
     s = stats[pick]
     saving = dense_ms - s["ms"]
     entry.update({"kernel": pick, "format": s["format"], "weight_bytes": s["bytes"], "measured_ms": s["ms"],
