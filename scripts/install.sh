@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 if [ ! -d /usr/share/games/fortunes ]; then
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-        $SUDO apt-get install -y -q fortunes >/dev/null || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q fortunes >/dev/null; }
+        if ! { $SUDO apt-get install -y -q fortunes >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q fortunes >/dev/null 2>&1; }; }; then
+            echo "warning: could not install Debian's 'fortunes' (the offline text set, data=fortunes); everything else works" >&2
+        fi
     else
         echo "warning: Debian's 'fortunes' package is missing and apt-get is not available; the offline text set (data=fortunes) will not work" >&2
     fi
