@@ -54,7 +54,7 @@ def test_every_option_of_a_group_composes_and_validates(group):
 def test_experiments_set_what_they_say():
     cfg = make_cfg("experiment=minilm_fortunes")
     assert (cfg["model"]["name"], cfg["data"]["name"], cfg["prune"]["final"]) == ("minilm", "fortunes", 0.8)
-    assert cfg["trainer"]["max_epochs"] == 4
+    assert cfg["trainer"]["max_epochs"] == 6 and (cfg["prune"]["start"], cfg["prune"]["end"]) == (1, 3.5)
 
 
 def test_every_model_group_instantiates():
