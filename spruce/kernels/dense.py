@@ -24,6 +24,22 @@ def check_bias_dtype(kernel: Kernel, bias: torch.Tensor | None, dtype: torch.dty
         raise ValueError(f"{kernel.name}: bias dtype {bias.dtype} must match the input dtype {dtype}")
 
 
+def check_prepare(kernel: Kernel, weight: torch.Tensor) -> None:
+    """The checks every CPU baseline's ``prepare`` makes: 2-D, accepted dtype/device, finite values."""
+    kernel.check_weight(weight)
+    check_finite_weight(kernel, weight)
+
+
+def check_matmul_call(kernel: Kernel, x: torch.Tensor, m: int, k: int, bias: torch.Tensor | None,
+                      activation: str, weight_dtype: object) -> None:
+    """The checks every CPU baseline's ``matmul`` makes: ``x`` ``[K, N]``, ``bias`` ``[M]`` of ``x``'s dtype, and
+    ``x`` of the weight's dtype (``weight_dtype`` as the packed weight reports it: a torch or numpy dtype)."""
+    kernel.check_input(x, k, bias, m, activation)
+    check_bias_dtype(kernel, bias, x.dtype)
+    if weight_dtype != x.dtype and str(weight_dtype) != str(x.dtype).removeprefix("torch."):
+        raise ValueError(f"{kernel.name}: x dtype {x.dtype} differs from the weight dtype {weight_dtype}")
+
+
 def check_linear_input(kernel: Kernel, x: torch.Tensor, k: int) -> None:
     """Raise ValueError unless ``x`` is ``[..., K]`` with at least one dimension."""
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
@@ -45,18 +61,14 @@ class TorchDense(Kernel):
 
     def prepare(self, weight: torch.Tensor) -> torch.Tensor:
         """A contiguous copy of ``weight`` ``[M, K]``."""
-        self.check_weight(weight)
-        check_finite_weight(self, weight)
+        check_prepare(self, weight)
         return weight.detach().contiguous().clone()
 
     def matmul(self, packed: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None,
                activation: str = "none") -> torch.Tensor:
         """``act(W @ X + bias[:, None])``: ``x`` ``[K, N]`` -> ``[M, N]``."""
         m, k = packed.shape
-        self.check_input(x, k, bias, m, activation)
-        check_bias_dtype(self, bias, x.dtype)
-        if x.dtype != packed.dtype:
-            raise ValueError(f"{self.name}: x dtype {x.dtype} differs from the weight dtype {packed.dtype}")
+        check_matmul_call(self, x, m, k, bias, activation, packed.dtype)
         y = torch.addmm(bias[:, None], packed, x) if bias is not None else torch.mm(packed, x)
         return apply_activation(y, activation)
 

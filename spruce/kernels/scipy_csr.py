@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from spruce.kernels.dense import check_bias_dtype, check_finite_weight
+from spruce.kernels.dense import check_matmul_call, check_prepare
 from spruce.kernels.registry import Kernel, apply_activation, register
 
-_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 @register
@@ -31,18 +30,14 @@ class ScipyCsr(Kernel):
     def prepare(self, weight: torch.Tensor):
         """``[M, K]`` dense -> ``scipy.sparse.csr_matrix``."""
         import scipy.sparse
-        self.check_weight(weight)
-        check_finite_weight(self, weight)
+        check_prepare(self, weight)
         return scipy.sparse.csr_matrix(weight.detach().contiguous().numpy())
 
     def matmul(self, packed, x: torch.Tensor, bias: torch.Tensor | None = None,
                activation: str = "none") -> torch.Tensor:
         """``act(W @ X + bias[:, None])``: ``x`` ``[K, N]`` -> ``[M, N]``."""
         m, k = packed.shape
-        self.check_input(x, k, bias, m, activation)
-        check_bias_dtype(self, bias, x.dtype)
-        if _DTYPES[x.dtype] != packed.dtype:
-            raise ValueError(f"{self.name}: x dtype {x.dtype} differs from the weight dtype {packed.dtype}")
+        check_matmul_call(self, x, m, k, bias, activation, packed.dtype)  # a numpy dtype, compared by name
         y = torch.from_numpy(np.ascontiguousarray(packed @ x.detach().contiguous().numpy()))
         if bias is not None:
             y.add_(bias[:, None])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spruce.kernels.dense import check_bias_dtype, check_finite_weight
+from spruce.kernels.dense import check_matmul_call, check_prepare
 from spruce.kernels.registry import Kernel, apply_activation, register
 
 
@@ -36,8 +36,7 @@ class TorchCsr(Kernel):
 
     def prepare(self, weight: torch.Tensor) -> torch.Tensor:
         """``[M, K]`` dense -> a sparse CSR tensor with int32 indices."""
-        self.check_weight(weight)
-        check_finite_weight(self, weight)
+        check_prepare(self, weight)
         with warnings.catch_warnings():  # "CSR support is in beta" / invariant-check notices
             warnings.simplefilter("ignore", UserWarning)
             csr = weight.detach().contiguous().to_sparse_csr()
@@ -48,10 +47,7 @@ class TorchCsr(Kernel):
                activation: str = "none") -> torch.Tensor:
         """``act(W @ X + bias[:, None])``: ``x`` ``[K, N]`` -> ``[M, N]``."""
         m, k = packed.shape
-        self.check_input(x, k, bias, m, activation)
-        check_bias_dtype(self, bias, x.dtype)
-        if x.dtype != packed.dtype:
-            raise ValueError(f"{self.name}: x dtype {x.dtype} differs from the weight dtype {packed.dtype}")
+        check_matmul_call(self, x, m, k, bias, activation, packed.dtype)
         if packed.values().numel() == 0:  # MKL rejects nnz = 0 on some paths
             y = x.new_zeros(m, x.shape[1])
         else:
@@ -81,8 +77,7 @@ class _TorchBsr(Kernel):
 
     def prepare(self, weight: torch.Tensor) -> BsrPacked:
         """``[M, K]`` dense -> padded BSR with int32 indices."""
-        self.check_weight(weight)
-        check_finite_weight(self, weight)
+        check_prepare(self, weight)
         m, k = weight.shape
         b = self.block
         mp, kp = -(-m // b) * b, -(-k // b) * b
@@ -100,11 +95,8 @@ class _TorchBsr(Kernel):
                activation: str = "none") -> torch.Tensor:
         """``act(W @ X + bias[:, None])``: ``x`` ``[K, N]`` -> ``[M, N]``."""
         m, k = packed.m, packed.k
-        self.check_input(x, k, bias, m, activation)
-        check_bias_dtype(self, bias, x.dtype)
         t = packed.tensor
-        if x.dtype != t.dtype:
-            raise ValueError(f"{self.name}: x dtype {x.dtype} differs from the weight dtype {t.dtype}")
+        check_matmul_call(self, x, m, k, bias, activation, t.dtype)
         kp = t.shape[1]
         xx = x.contiguous()
         if kp != k:
@@ -147,18 +139,14 @@ class TorchCoo(Kernel):
 
     def prepare(self, weight: torch.Tensor) -> torch.Tensor:
         """``[M, K]`` dense -> coalesced sparse COO."""
-        self.check_weight(weight)
-        check_finite_weight(self, weight)
+        check_prepare(self, weight)
         return weight.detach().to_sparse().coalesce()
 
     def matmul(self, packed: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None,
                activation: str = "none") -> torch.Tensor:
         """``act(W @ X + bias[:, None])``: ``x`` ``[K, N]`` -> ``[M, N]``."""
         m, k = packed.shape
-        self.check_input(x, k, bias, m, activation)
-        check_bias_dtype(self, bias, x.dtype)
-        if x.dtype != packed.dtype:
-            raise ValueError(f"{self.name}: x dtype {x.dtype} differs from the weight dtype {packed.dtype}")
+        check_matmul_call(self, x, m, k, bias, activation, packed.dtype)
         y = torch.sparse.mm(packed, x.contiguous())
         return _epilogue(y, bias, activation)
 
