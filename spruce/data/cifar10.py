@@ -8,10 +8,10 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from spruce.data.loaders import SplitDataModule
+from torch.utils.data import Dataset
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -65,7 +65,7 @@ class CifarImages(Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-class Cifar10DataModule(L.LightningDataModule):
+class Cifar10DataModule(SplitDataModule):
     """CIFAR-10: 50k train / 10k test (the test batch is also the validation set); ``(x [B,3,S,S], y [B])``."""
 
     name = "cifar10"
@@ -106,18 +106,6 @@ class Cifar10DataModule(L.LightningDataModule):
                                                 x_test[:self.limit], y_test[:self.limit])
         self.train_set = CifarImages(x_train, y_train, True, self.input_size)
         self.val_set = CifarImages(x_test, y_test, False, self.input_size)
-
-    def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
 
     def meta(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "num_classes": self.num_classes, "input_size": self.input_size,

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from spruce.data.loaders import SplitDataModule
+from torch.utils.data import TensorDataset
 
 from spruce.data.splits import limit_per_class, stratified_split
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """Digits, fixed-seed stratified 80/20 split; batches ``(x [B, 3, S, S] float32, y [B] int64)``.
 
     The validation split doubles as the test split (the set has no separate one).
@@ -55,17 +55,6 @@ class DigitsDataModule(L.LightningDataModule):
         y = torch.from_numpy(labels)
         self.train_set = TensorDataset(x[train_idx], y[train_idx])
         self.val_set = TensorDataset(x[val_idx], y[val_idx])
-
-    def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
-                          num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
 
     def meta(self) -> dict[str, Any]:
         """Plain description stored in checkpoints."""

@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from spruce.data.loaders import SplitDataModule
+
 
 from spruce.data.splits import stratified_split
 from spruce.data.text import TokenizedTexts, pad_collate
@@ -33,7 +33,7 @@ def read_fortunes(path: Path, max_chars: int) -> list[str]:
     return list(dict.fromkeys(texts))  # drop duplicates, keep order
 
 
-class FortunesDataModule(L.LightningDataModule):
+class FortunesDataModule(SplitDataModule):
     """Batches ``{"input_ids" [B, L], "attention_mask" [B, L], "labels" [B]}``; val doubles as test."""
 
     name = "fortunes"
@@ -91,20 +91,8 @@ class FortunesDataModule(L.LightningDataModule):
         self.train_set = TokenizedTexts(*pick(train_idx), self.tokenizer, self.max_length)
         self.val_set = TokenizedTexts(*pick(val_idx), self.tokenizer, self.max_length)
 
-    def _collate(self):
+    def collate_fn(self):
         return pad_collate(int(getattr(self.tokenizer, "pad_token_id", 0) or 0))
-
-    def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
-                          collate_fn=self._collate(), num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=self._collate(),
-                          num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
 
     def meta(self) -> dict[str, Any]:
         """Plain description stored in checkpoints."""

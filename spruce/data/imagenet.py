@@ -8,15 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from spruce.data.loaders import SplitDataModule
+
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """Batches ``(x [B, 3, S, S] float32, y [B] int64)``; ``val`` is also the test split."""
 
     name = "imagenet"
@@ -57,18 +57,6 @@ class ImageFolderDataModule(L.LightningDataModule):
         if self.train_set is None:
             self.train_set = self._folder("train", True)
             self.val_set = self._folder("val", False)
-
-    def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
 
     def meta(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "num_classes": self.num_classes, "input_size": self.input_size,

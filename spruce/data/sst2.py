@@ -9,9 +9,9 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from spruce.data.loaders import SplitDataModule
+
 
 from spruce.data.text import TokenizedTexts, pad_collate
 
@@ -50,7 +50,7 @@ def _download(limit: int | None) -> dict[str, tuple[list[str], list[int]]]:
     return out
 
 
-class Sst2DataModule(L.LightningDataModule):
+class Sst2DataModule(SplitDataModule):
     """Batches ``{"input_ids" [B, L], "attention_mask" [B, L], "labels" [B]}``."""
 
     name = "sst2"
@@ -80,20 +80,8 @@ class Sst2DataModule(L.LightningDataModule):
         self.train_set = TokenizedTexts(*splits["train"], self.tokenizer, self.max_length)
         self.val_set = TokenizedTexts(*splits["dev"], self.tokenizer, self.max_length)
 
-    def _collate(self):
+    def collate_fn(self):
         return pad_collate(int(getattr(self.tokenizer, "pad_token_id", 0) or 0))
-
-    def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
-                          collate_fn=self._collate(), num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=self._collate(),
-                          num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
 
     def meta(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "num_classes": self.num_classes, "max_length": self.max_length,
