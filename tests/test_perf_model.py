@@ -142,3 +142,57 @@ def test_efficiency_by_density(fake):
     assert prof.eff("k", "csr", 1, 0.5) == pytest.approx(0.04)  # clamped
     # density 0.01 reads eff 0.01: 2e4 FLOP / (1e11 * 0.01) = 20 us > memory (8e4 + 4004 + 8e3) / 1e10 = 9.2 us
     assert pm.sparse_time_s("k", "csr", 1000, 1000, 1, 1e4, 0.0, prof) == pytest.approx(2e-5)
+
+
+def test_efficiency_by_k_interpolates_in_log_k(fake):
+    # sparse: at K = 100 the kernel reaches 0.2 of peak, at K = 10000 only 0.05 (its X slice left the cache)
+    sparse = {"by_k": {"100": {"by_density": {"0.1": {"1": 0.2}}}, "10000": {"1": 0.05}}}
+    dense = {"by_k": {"100": {"1": 1.0}, "10000": {"1": 0.5}}}
+    prof = MachineProfile(**{**fake.to_dict(), "sparse_eff": {"k": sparse}, "dense_eff": dense})
+    assert prof.eff("k", "csr", 1, 0.1, 1000) == pytest.approx(0.125)  # halfway in log K
+    assert prof.eff("k", "csr", 1, 0.1, 10) == pytest.approx(0.2)  # clamped below
+    assert prof.eff("k", "csr", 1, 0.1, 10 ** 6) == pytest.approx(0.05)  # clamped above
+    assert prof.eff("k", "csr", 1, 0.1) == pytest.approx(0.05)  # no K: the largest
+    assert prof.dense_efficiency(1, 1000) == pytest.approx(0.75)
+    # the model reads K from the shape: dense 1000 x 1000 x 100 at e_d = 0.75: 2e8 / 7.5e10 = 2.6667 ms
+    assert pm.dense_time_s(1000, 1000, 100, prof) == pytest.approx(2e-3 / 0.75)
+    # sparse 90%: 2e7 / (1e11 * 0.125) = 1.6 ms (memory (8e5 + 4004 + 4e5 + 4e5) / 1e10 = 0.16 ms)
+    assert pm.sparse_time_s("k", "csr", 1000, 1000, 100, 1e5, 0.0, prof) == pytest.approx(1.6e-3)
+    # crossover: 2e8 (1 - s) / 1.25e10 s = 16 (1 - s) ms equals 2.6667 ms  ->  1 - s = 1/6
+    st, s = pm.predicted_crossover("k", "csr", 1000, 1000, 100, prof, row_cov=0.0)
+    assert st == "cross" and s == pytest.approx(1 - 1 / 6, abs=1e-6)
+    # a K-free table still reads the same at every K (profiles calibrated before the K axis)
+    flat = MachineProfile(**{**fake.to_dict(), "sparse_eff": {"k": {"1": 0.3}}})
+    assert flat.eff("k", "csr", 1, 0.1, 10) == flat.eff("k", "csr", 1, 0.1, 10 ** 5) == pytest.approx(0.3)
+
+
+def test_calibration_measures_efficiency_over_k(monkeypatch, tmp_path):
+    """A real (tiny) calibration: tables over K, density and N that the model then reads at any K."""
+    from spruce import kernels as registry
+    from spruce.study import machine
+
+    monkeypatch.setenv("SPRUCE_CACHE", str(tmp_path))
+    monkeypatch.setattr(machine, "EFF_KS", (64, 256))
+    monkeypatch.setattr(machine, "EFF_NS", (1, 8))
+    monkeypatch.setattr(machine, "EFF_SPARSITIES", (0.5, 0.9))
+    monkeypatch.setattr(machine, "EFF_M", 64)
+    monkeypatch.setattr(machine, "GATHER_SHAPE", (256, 512))
+    base = MachineProfile(name="t", peak_gflops=50.0, bw_gbs=10.0, cache_bytes=32e6, threads=1,
+                          overhead_us={}, sparse_eff={}, gather_penalty={}, convert_ns={})
+    prof = machine.calibrate([registry.get("torch_dense"), registry.get("torch_csr")], base, progress=False)
+    assert sorted(prof.dense_eff["by_k"]) == ["256", "64"]
+    assert sorted(prof.dense_eff["by_k"]["64"]) == ["1", "8"]
+    tables = prof.sparse_eff["torch_csr"]["by_k"]
+    assert sorted(tables) == ["256", "64"]
+    assert sorted(tables["256"]["by_density"]) == ["0.1", "0.5"]
+    for k in (16, 64, 128, 256, 4096):
+        for n in (1, 4, 8, 100):
+            assert 0 < prof.dense_efficiency(n, k) < math.inf
+            assert 0 < prof.eff("torch_csr", "csr", n, 0.3, k) < math.inf
+    # between the calibrated K the value lies between the two tables' values
+    lo, hi = sorted((prof.eff("torch_csr", "csr", 8, 0.5, 64), prof.eff("torch_csr", "csr", 8, 0.5, 256)))
+    assert lo <= prof.eff("torch_csr", "csr", 8, 0.5, 128) <= hi
+    assert pm.predict_ms("torch_csr", "csr", 300, 200, 8, 6000, None, prof) > 0
+    # the profile round-trips through JSON (the cache) unchanged
+    import json
+    assert MachineProfile.from_dict(json.loads(json.dumps(prof.to_dict()))) == prof

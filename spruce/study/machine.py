@@ -10,15 +10,17 @@ Every measurement keeps the fastest call: on a shared machine a short call that 
 speed, a long one is an average over other people's time slices.
 * per kernel, on a throw-away uniformly random matrix:
   - overhead: a 16 x 16 call at 50% with N = 1;
-  - efficiency tables over N in ``EFF_NS`` at each sparsity of ``EFF_SPARSITIES``, 1024 x 1024 (operands in
-    cache): the dense kernel's ``2 M K N / t / peak``; a sparse kernel's from paired dense/sparse rounds
-    (``calibrate_kernel``);
+  - efficiency tables over N in ``EFF_NS`` at each sparsity of ``EFF_SPARSITIES`` and each reduction length K
+    of ``EFF_KS`` (M = 1024): the dense kernel's ``2 M K N / t / peak``; a sparse kernel's from paired
+    dense/sparse rounds (``calibrate_kernel``). K is a table axis because it sets the slice of X a row tile
+    walks (K x tile x 4 bytes): at K = 256 it sits in L1/L2, at K = 4096 it does not, and both the sparse
+    kernels and the dense GEMM lose efficiency in ways a single in-cache point cannot show;
   - gather penalty: ``GATHER_SHAPE`` (weight bigger than the cache, N = 1, memory-bound): the dense GEMV's
     ``t / (bytes / bw)``; a sparse kernel's at 90% from paired dense/sparse rounds (``calibrate_kernel``);
   - conversion: ``prepare`` of 1024 x 2048 at 50% and 95%, solved for ``a M K + b nnz``.
 
-The cache key is the CPU model, the thread count and the torch version; kernels missing from a cached profile
-are calibrated and added, so a kernel that lands later costs only its own calibration.
+The cache key is the CPU model, the thread count, the torch version and ``CALIBRATION_VERSION``; kernels
+missing from a cached profile are calibrated and added, so a kernel that lands later costs only its own calibration.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import torch
 
 from spruce.study import perf_model
 from spruce.study.matrices import synthetic_weight
-from spruce.study.profile import MachineProfile, interp_log_n
+from spruce.study.profile import MachineProfile, read_efficiency
 from spruce.study.timing import time_call, time_pair
 
 
@@ -70,10 +72,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SPRUCE_CACHE", Path.home() / ".cache" / "spruce"))
 
 
+#: bumped when what calibration measures changes, so an older cached profile is not silently reused
+#: (2: efficiency tables gained the K axis).
+CALIBRATION_VERSION = 2
+
+
 def profile_path(threads: int | None = None) -> Path:
-    """``<cache>/machine-<hash>.json`` keyed by CPU model, threads and torch version."""
+    """``<cache>/machine-<hash>.json`` keyed by CPU model, threads, torch version and ``CALIBRATION_VERSION``."""
     threads = threads or torch.get_num_threads()
-    key = f"{cpu_model()}|{threads}|{torch.__version__}"
+    key = f"{cpu_model()}|{threads}|{torch.__version__}|v{CALIBRATION_VERSION}"
     return cache_dir() / f"machine-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
@@ -109,9 +116,11 @@ def _net(t: float, overhead_us: float) -> float:
     return t - o if o < 0.5 * t else t
 
 
-#: columns and sparsities at which the efficiency tables are measured (1024 x 1024 matrix, in cache).
+#: columns, sparsities and reduction lengths at which the efficiency tables are measured (M = EFF_M rows).
 EFF_NS = (1, 16, 128, 1024)
 EFF_SPARSITIES = (0.5, 0.9, 0.98)
+EFF_KS = (256, 1024, 4096)
+EFF_M = 1024
 #: the memory-bound calibration matrix (N = 1): 128 MB dense, 2.5x the LLC
 GATHER_SHAPE = (4096, 8192)
 
@@ -133,16 +142,19 @@ def calibrate_kernel(kernel, peak_gflops: float, bw_gbs: float, cache_bytes: flo
     x = torch.randn(16, 1)
     t, _ = time_call(lambda: kernel.matmul(p, x), repeats=50, budget_s=0.2, warmup=3, stat="min")
     out["overhead_us"] = t * 1e6
-    m = k = 1024
+    m = EFF_M
     if fmt == "dense":
-        w = torch.randn(m, k)
-        p = kernel.prepare(w)
-        table = {}
-        for n in EFF_NS:
-            x = torch.randn(k, n)
-            t, _ = time_call(lambda: kernel.matmul(p, x), repeats=15, budget_s=1.5, warmup=1, stat="min")
-            table[str(n)] = 2.0 * m * k * n / _net(t, out["overhead_us"]) / (peak_gflops * 1e9)
-        out["eff"] = table
+        by_k = {}
+        for k in EFF_KS:
+            w = torch.randn(m, k)
+            p = kernel.prepare(w)
+            table = {}
+            for n in EFF_NS:
+                x = torch.randn(k, n)
+                t, _ = time_call(lambda: kernel.matmul(p, x), repeats=15, budget_s=1.0, warmup=1, stat="min")
+                table[str(n)] = 2.0 * m * k * n / _net(t, out["overhead_us"]) / (peak_gflops * 1e9)
+            by_k[str(k)] = table
+        out["eff"] = {"by_k": by_k}
         # the dense GEMV streams the weight: its time over bytes / bandwidth is its own gather penalty
         mg, kg = GATHER_SHAPE
         w = torch.randn(mg, kg)
@@ -152,27 +164,31 @@ def calibrate_kernel(kernel, peak_gflops: float, bw_gbs: float, cache_bytes: flo
         return out
     if dense_kernel is None or not dense_eff:
         raise ValueError(f"calibrating {name} needs the dense kernel and its efficiency table")
-    tables = {}
-    for s in EFF_SPARSITIES:
-        w = synthetic_weight("uniform", m, k, s, seed=2)
-        nnz = int((w != 0).sum())
-        p = kernel.prepare(w)
-        pd = dense_kernel.prepare(w)
-        if fmt == "bsr":
-            bh, bw = perf_model.block_for(name, fmt)
-            useful = perf_model.expected_blocks(m, k, nnz, (bh, bw)) * bh * bw
-        else:
-            useful = float(nnz)
-        table = {}
-        for n in EFF_NS:
-            x = torch.randn(k, n)
-            kernel.matmul(p, x)
-            dense_kernel.matmul(pd, x)
-            tp = time_pair(lambda: dense_kernel.matmul(pd, x), lambda: kernel.matmul(p, x), repeats=15,
-                           budget_s=1.5)
-            table[str(n)] = interp_log_n(dense_eff, n) * useful / (m * k) * tp["ratio_min"]
-        tables[f"{1.0 - s:g}"] = table
-    out["eff"] = {"by_density": tables}
+    by_k = {}
+    for k in EFF_KS:
+        tables = {}
+        for s in EFF_SPARSITIES:
+            w = synthetic_weight("uniform", m, k, s, seed=2)
+            nnz = int((w != 0).sum())
+            p = kernel.prepare(w)
+            pd = dense_kernel.prepare(w)
+            if fmt == "bsr":
+                bh, bw = perf_model.block_for(name, fmt)
+                useful = perf_model.expected_blocks(m, k, nnz, (bh, bw)) * bh * bw
+            else:
+                useful = float(nnz)
+            table = {}
+            for n in EFF_NS:
+                x = torch.randn(k, n)
+                kernel.matmul(p, x)
+                dense_kernel.matmul(pd, x)
+                tp = time_pair(lambda: dense_kernel.matmul(pd, x), lambda: kernel.matmul(p, x), repeats=15,
+                               budget_s=1.0)
+                e_d = read_efficiency(dense_eff, n, None, k)
+                table[str(n)] = e_d * useful / (m * k) * tp["ratio_min"]
+            tables[f"{1.0 - s:g}"] = table
+        by_k[str(k)] = {"by_density": tables}
+    out["eff"] = {"by_k": by_k}
     # gather penalty: memory-bound (N = 1), weight bigger than the cache, paired with the dense GEMV on the same
     # matrix: g_s = g_d * (t_s / t_d) * (bytes_d / bytes_s)
     m, k = GATHER_SHAPE

@@ -6,12 +6,14 @@ Kernels for Deep Learning", SC20). Every function is pure: machine constants com
 
 Formulas (times in seconds, ``P`` = peak GFLOP/s * 1e9, ``B`` = bandwidth GB/s * 1e9, ``d = nnz / (M K)``):
 
-* dense:   ``t_d = max(2 M K N / (P e_d(N)), g_d 4 (M K + K N + M N) / B) + o_dense`` (``g_d``: the dense
+* dense:   ``t_d = max(2 M K N / (P e_d(N, K)), g_d 4 (M K + K N + M N) / B) + o_dense`` (``g_d``: the dense
   GEMV's own streaming penalty, 1 unless calibrated)
-* sparse:  ``t_s = max(F / (P e(N, d)), g * bytes_s / B) * imbalance(cov, T, rows) + o_kernel`` with
-  ``F = 2 nnz N`` (BSR: ``2 n_blocks bh bw N``, padded blocks are computed), ``e(N, d)`` the kernel's
-  efficiency and ``e_d(N)`` the dense GEMM's (calibrated tables over N and density, interpolated in log N and
-  log d; 1 / a constant when absent) and
+* sparse:  ``t_s = max(F / (P e(N, d, K)), g * bytes_s / B) * imbalance(cov, T, rows) + o_kernel`` with
+  ``F = 2 nnz N`` (BSR: ``2 n_blocks bh bw N``, padded blocks are computed), ``e(N, d, K)`` the kernel's
+  efficiency and ``e_d(N, K)`` the dense GEMM's (calibrated tables over N, density and K, interpolated in
+  log N, log d and log K; 1 / a constant when absent). K enters through the cache: a row tile of a CSR kernel
+  reads ``K x tile`` of X, so once that leaves L1/L2 the kernel narrows its tile or waits on L3, and the dense
+  GEMM's blocking changes too; calibrating at a few K captures both without kernel-specific terms) and
   ``g`` its gather penalty;
   ``bytes_s = weight_bytes + 4 K N R + 4 M N`` (values+indices+row pointers, activations with re-read factor
   ``R``, output).
@@ -142,7 +144,7 @@ def dense_time_s(m: int, k: int, n: int, profile: MachineProfile, kernel: str = 
         if path not in profile.dense_paths:
             raise ValueError(f"unknown dense path {path!r}; profile has: {', '.join(profile.dense_paths) or 'none'}")
         gflops, elem = profile.dense_paths[path]
-    eff = profile.dense_efficiency(n) if path in (None, "fp32") else 1.0
+    eff = profile.dense_efficiency(n, k) if path in (None, "fp32") else 1.0
     compute = 2.0 * m * k * n / (gflops * 1e9 * eff)
     memory = profile.gather(kernel, "dense") * dense_bytes(m, k, n, elem) / (profile.bw_gbs * 1e9)
     return max(compute, memory) + profile.overhead_s(kernel, "dense")
@@ -172,7 +174,7 @@ def sparse_time_s(kernel: str, fmt: str, m: int, k: int, n: int, nnz: float, row
         flops, rows = 2.0 * nb * bh * bw * n, math.ceil(m / bh)
     else:
         nb, flops, rows = None, 2.0 * nnz * n, m
-    compute = flops / (profile.peak_gflops * 1e9 * profile.eff(kernel, fmt, n, nnz / (m * k)))
+    compute = flops / (profile.peak_gflops * 1e9 * profile.eff(kernel, fmt, n, nnz / (m * k), k))
     memory = profile.gather(kernel, fmt) * sparse_bytes(fmt, m, k, n, nnz, profile.cache_bytes, ib, b, nb) / (
         profile.bw_gbs * 1e9)
     return max(compute, memory) * imbalance(row_cov, profile.threads, rows) + profile.overhead_s(kernel, fmt)

@@ -11,42 +11,53 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def _interp_log(pts: list[tuple[float, float]], x: float | None) -> float:
+    """Piecewise linear in log x through sorted ``(x, value)`` points, clamped at both ends (``None``: the last)."""
+    if not pts:
+        raise ValueError("empty efficiency table")
+    if x is None or x >= pts[-1][0]:
+        return pts[-1][1]
+    if x <= pts[0][0]:
+        return pts[0][1]
+    lx = math.log(x)
+    for (x0, v0), (x1, v1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            t = (lx - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return v0 + t * (v1 - v0)
+    return pts[-1][1]
+
+
 def interp_log_n(value: Any, n: int | None) -> float:
     """A number, or a table ``{"N": v}`` read at ``n``: linear in log N between points, clamped outside
     (``n=None`` reads the largest N)."""
     if not isinstance(value, dict):
         return float(value)
-    if not value:
-        raise ValueError("empty efficiency table")
-    pts = sorted((float(k), float(v)) for k, v in value.items())
-    if n is None or n >= pts[-1][0]:
-        return pts[-1][1]
-    if n <= pts[0][0]:
-        return pts[0][1]
-    x = math.log(n)
-    for (n0, v0), (n1, v1) in zip(pts, pts[1:]):
-        if n0 <= n <= n1:
-            t = (x - math.log(n0)) / (math.log(n1) - math.log(n0))
-            return v0 + t * (v1 - v0)
-    return pts[-1][1]
+    return _interp_log(sorted((float(k), float(v)) for k, v in value.items()), n)
 
 
 def interp_density(tables: dict[str, Any], n: int | None, density: float | None) -> float:
     """Efficiency from per-density tables ``{"0.1": {"N": eff}, ...}``: each table read at ``n``
     (``interp_log_n``), then linear in log density between the two nearest densities, clamped outside."""
     pts = sorted((float(d), interp_log_n(t, n)) for d, t in tables.items())
-    if density is None or density <= 0:
-        return pts[0][1]
-    if density <= pts[0][0]:
-        return pts[0][1]
-    if density >= pts[-1][0]:
-        return pts[-1][1]
-    x = math.log(density)
-    for (d0, v0), (d1, v1) in zip(pts, pts[1:]):
-        if d0 <= density <= d1:
-            t = (x - math.log(d0)) / (math.log(d1) - math.log(d0))
-            return v0 + t * (v1 - v0)
-    return pts[-1][1]
+    if not pts:
+        raise ValueError("empty efficiency table")
+    return _interp_log(pts, density if density is not None and density > 0 else pts[0][0])
+
+
+def read_efficiency(value: Any, n: int | None, density: float | None = None, k: int | None = None) -> float:
+    """Read an efficiency entry at ``n`` columns, ``density`` and reduction length ``k``.
+
+    ``value`` is a number, ``{"N": eff}``, ``{"by_density": {"<d>": {"N": eff}}}``, or ``{"by_k": {"<K>": <any
+    of those>}}``: the tables measured at each K are read first, then interpolated linearly in log K (clamped
+    outside; ``k=None`` reads the largest K). K is what decides whether a kernel's slice of X (K rows by its
+    column tile) stays in L1/L2: the same kernel at the same N and density runs slower per FLOP at large K.
+    """
+    if isinstance(value, dict) and "by_k" in value:
+        pts = sorted((float(kk), read_efficiency(t, n, density)) for kk, t in value["by_k"].items())
+        return _interp_log(pts, k)
+    if isinstance(value, dict) and "by_density" in value:
+        return interp_density(value["by_density"], n, density)
+    return interp_log_n(value, n)
 
 
 @dataclass
@@ -64,9 +75,12 @@ class MachineProfile:
             or ``2*blocks*bh*bw*N`` for BSR): a number, or a table ``{"N": eff}`` over the number of columns N,
             interpolated linearly in log N and clamped at its ends (small N runs far below a large N's rate),
             or ``{"by_density": {"<density>": {"N": eff}}}`` (long rows amortise per-row work: a 50%-dense
-            matrix runs faster per nonzero than a 2% one), interpolated in log density.
-        dense_eff: the same table for the dense GEMM (fraction of ``peak_gflops`` reached at N columns); empty
-            means 1.
+            matrix runs faster per nonzero than a 2% one), interpolated in log density, or
+            ``{"by_k": {"<K>": <table>}}``, interpolated in log K (the reduction length sets the working set
+            of X a row tile touches, so efficiency falls once K x tile no longer fits in L1/L2; see
+            ``read_efficiency``).
+        dense_eff: the same table for the dense GEMM (fraction of ``peak_gflops`` reached at N columns, or
+            ``{"by_k": {"<K>": {"N": eff}}}``); empty means 1.
         gather_penalty: multiplier (>0) on the sparse kernel's memory stream: measured time of a memory-bound
             call over ``bytes / bw``; 1 means it streams at full bandwidth.
         convert_ns: one-off conversion (``prepare``) cost per kernel as ``[ns per dense element, ns per nnz]``.
@@ -105,16 +119,16 @@ class MachineProfile:
         """Per-call overhead of ``kernel`` in seconds."""
         return float(self._lookup(self.overhead_us, kernel, fmt, 0.0)) * 1e-6
 
-    def eff(self, kernel: str, fmt: str, n: int | None = None, density: float | None = None) -> float:
-        """Sparse efficiency of ``kernel`` (fraction of ``peak_gflops``) at ``n`` columns and ``density``."""
-        v = self._lookup(self.sparse_eff, kernel, fmt, 0.1)
-        if isinstance(v, dict) and "by_density" in v:
-            return interp_density(v["by_density"], n, density)
-        return interp_log_n(v, n)
+    def eff(self, kernel: str, fmt: str, n: int | None = None, density: float | None = None,
+            k: int | None = None) -> float:
+        """Sparse efficiency of ``kernel`` (fraction of ``peak_gflops``) at ``n`` columns, ``density`` and
+        reduction length ``k``."""
+        return read_efficiency(self._lookup(self.sparse_eff, kernel, fmt, 0.1), n, density, k)
 
-    def dense_efficiency(self, n: int | None = None) -> float:
-        """Fraction of ``peak_gflops`` the dense GEMM reaches at ``n`` columns (1 without a table)."""
-        return interp_log_n(self.dense_eff, n) if self.dense_eff else 1.0
+    def dense_efficiency(self, n: int | None = None, k: int | None = None) -> float:
+        """Fraction of ``peak_gflops`` the dense GEMM reaches at ``n`` columns and reduction length ``k`` (1
+        without a table)."""
+        return read_efficiency(self.dense_eff, n, None, k) if self.dense_eff else 1.0
 
     def gather(self, kernel: str, fmt: str) -> float:
         """Gather penalty of ``kernel`` (multiplier on its bytes / bandwidth time)."""
