@@ -311,3 +311,42 @@ def test_auto_needs_a_margin_over_dense(monkeypatch, sparse_ms: float, expected:
     from spruce.kernels import get
     entry = plan_mod.plan_layer("fc", layer, torch.randn(4, 16), [get("torch_csr")], "auto", "latency")
     assert entry["kernel"] == expected and entry["candidates"]["torch_csr"] == sparse_ms
+
+
+def test_shortlist_times_only_the_predicted_fastest() -> None:
+    m = tiny_cnn()
+    cands = [k for k in kernels(device="cpu") if k.format != "dense"]
+    assert len(cands) >= 3
+    order = {k.name: i for i, k in enumerate(reversed(cands))}  # the model "prefers" the last candidate
+
+    def predictor(kernel: str, info: dict) -> float:
+        return 1.0 + order[kernel]
+
+    favourite = cands[-1].name
+    p = plan(m, torch.randn(1, 3, 8, 8), cands, mode="sparse", repeats=1, warmup=0, progress=False,
+             predictor=predictor, shortlist=1)
+    assert p.meta["shortlist"] == 1
+    for e in p.layers.values():
+        if "skipped" in e:
+            continue
+        timed = [n for n, v in e["candidates"].items() if n != DENSE and not str(v).startswith("not timed")]
+        assert timed == [favourite]
+        assert e["kernel"] == favourite
+        left = [n for n, v in e["candidates"].items() if str(v).startswith("not timed")]
+        assert sorted(left) == sorted(k.name for k in cands[:-1])
+        assert e["predicted"] == {k.name: pytest.approx(1.0 + order[k.name]) for k in cands}
+    # two: the two predicted fastest; a candidate the model cannot predict is timed anyway
+    def partial(kernel: str, info: dict) -> float:
+        if kernel == cands[0].name:
+            raise ValueError("no constants for this kernel")
+        return predictor(kernel, info)
+
+    p2 = plan(m, torch.randn(1, 3, 8, 8), cands, mode="sparse", repeats=1, warmup=0, progress=False,
+              predictor=partial, shortlist=2)
+    e = next(e for e in p2.layers.values() if "skipped" not in e)
+    timed = {n for n, v in e["candidates"].items() if n != DENSE and not str(v).startswith("not timed")}
+    assert timed == {cands[0].name, cands[-1].name, cands[-2].name}
+    with pytest.raises(ValueError, match="shortlist needs the performance model"):
+        plan(m, torch.randn(1, 3, 8, 8), cands, mode="sparse", progress=False, shortlist=1)
+    with pytest.raises(ValueError, match="shortlist=0 is not allowed"):
+        plan(m, torch.randn(1, 3, 8, 8), cands, mode="sparse", progress=False, predictor=predictor, shortlist=0)

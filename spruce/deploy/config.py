@@ -50,6 +50,7 @@ class BenchConfig:
     wandb_project: str = "spruce"
     progress: bool = True
     predict: str = "auto"
+    shortlist: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -108,7 +109,7 @@ def from_dict(cfg: dict[str, Any]) -> BenchConfig:
         out_dir=str(cfg.get("out_dir") or "outputs/bench"), sweep_dir=cfg.get("sweep_dir"),
         wandb=bool(logger.get("wandb", True)), wandb_offline=bool(logger.get("offline", True)),
         wandb_project=str(logger.get("project", "spruce")), progress=bool(cfg.get("progress", True)),
-        predict=str(cfg.get("predict", "auto")).lower(),
+        predict=str(cfg.get("predict", "auto")).lower(), shortlist=cfg.get("shortlist"),
         extra={k: cfg[k] for k in ("study", "dir", "model_overrides") if k in cfg},
     )
     check(out)
@@ -137,6 +138,10 @@ def check(c: BenchConfig) -> None:
     c.repeats = _int("repeats", c.repeats, 1)
     c.plan_repeats = _int("plan_repeats", c.plan_repeats, 1)
     c.warmup = _int("warmup", c.warmup, 0)
+    if c.shortlist is not None:
+        c.shortlist = _int("shortlist", c.shortlist, 1)
+        if c.predict == "false":
+            raise ValueError("shortlist needs the performance model; set predict=auto (profile cached) or predict=true")
     if not c.plan_budget_s > 0:
         raise ValueError(f"plan_budget_s={c.plan_budget_s!r} is not allowed; it must be > 0 (seconds)")
     if c.threads is not None:

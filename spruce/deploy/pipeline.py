@@ -87,7 +87,7 @@ def _input_label(x: Any) -> str:
 def find_predictor(device: str, predict: str = "auto", threads: int | None = None) -> Any:
     """The study package's performance model as ``(kernel, layer_info) -> ms``, or None.
 
-    ``predict``: ``"auto"`` uses it only when this machine's profile is already cached (calibrating takes ~5 s per
+    ``predict``: ``"auto"`` uses it only when this machine's profile is already cached (calibrating takes ~15-60 s per
     kernel), ``"true"`` calibrates when needed, ``"false"`` never predicts. CPU only (the study calibrates CPU
     kernels); ``predicted_ms`` stays null otherwise.
     """
@@ -226,10 +226,15 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
         notes.append(f"plan reused from {c.plan}")
         _fallback_unavailable(the_plan, c.device, c.deploy, notes)
     else:
+        predictor = find_predictor(c.device, "true" if (c.shortlist and c.predict == "auto") else c.predict,
+                                   c.threads)
+        if c.shortlist and predictor is None:
+            raise ValueError(f"shortlist={c.shortlist} needs the performance model, which exists for device=cpu "
+                             f"only (device={c.device})")
         the_plan = plan(model, inputs, candidates, objective=c.objective, mode=c.deploy, repeats=c.plan_repeats,
                         layers=layers, warmup=1, device=c.device, rtol=c.rtol, atol=c.atol,
-                        predictor=find_predictor(c.device, c.predict, c.threads), progress=c.progress,
-                        budget_s=c.plan_budget_s)
+                        predictor=predictor, progress=c.progress, budget_s=c.plan_budget_s,
+                        shortlist=c.shortlist)
     plan_s = time.perf_counter() - t0
     planned = list(the_plan.layers)
 

@@ -206,14 +206,43 @@ def _time_candidate(fn: Callable[[], object], first_ms: float, repeats: int, war
     return median(runs), len(runs)
 
 
+def _shortlist(candidates: Sequence[Kernel], info: dict[str, Any], predictor: Predictor | None,
+               shortlist: int | None) -> tuple[list[Kernel], dict[str, float], dict[str, str]]:
+    """``(candidates to time, predicted ms per candidate, results of those left out)``.
+
+    Without a shortlist every candidate is timed (predictions, when a predictor exists, are still recorded).
+    Dense-format kernels are reference timings that are never chosen: they are not ranked and always timed."""
+    predicted: dict[str, float] = {}
+    if predictor is not None:
+        for kern in candidates:
+            if kern.format == "dense":
+                continue
+            try:
+                predicted[kern.name] = float(predictor(kern.name, {**info, "format": kern.format}))
+            except Exception:  # unpredictable candidates are timed, never dropped
+                continue
+    if shortlist is None or predictor is None:
+        return list(candidates), predicted, {}
+    ranked = sorted((k for k in candidates if k.name in predicted), key=lambda k: predicted[k.name])
+    keep = {k.name for k in ranked[:shortlist]} | {k.name for k in candidates if k.name not in predicted}
+    left = {k.name: f"not timed: predicted {predicted[k.name]:.3g} ms, outside the model's shortlist of {shortlist}"
+            for k in candidates if k.name not in keep}
+    return [k for k in candidates if k.name in keep], predicted, left
+
+
 def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequence[Kernel], mode: str,
                objective: str, repeats: int = 5, warmup: int = 2, device: str = "cpu",
                rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-               predictor: Predictor | None = None, budget_s: float = 1.0) -> dict[str, Any]:
+               predictor: Predictor | None = None, budget_s: float = 1.0,
+               shortlist: int | None = None) -> dict[str, Any]:
     """Time every candidate kernel for one layer on its captured input ``x``; return the plan entry.
 
-    ``budget_s``: per candidate, stop repeating once the timed runs took this long (at least one run)."""
+    ``budget_s``: per candidate, stop repeating once the timed runs took this long (at least one run).
+    ``shortlist``: with a ``predictor``, only the ``shortlist`` candidates the model predicts fastest are prepared,
+    verified and timed (a candidate the model cannot predict is always timed); the others are recorded as not
+    timed, with their predicted ms under ``predicted``."""
     info = _layer_info(name, layer, x)
+    candidates, predicted, not_timed = _shortlist(candidates, info, predictor, shortlist)
     w = _flat_weight(layer)
     dense_bytes = w.numel() * w.element_size()
     with torch.inference_mode():
@@ -223,7 +252,7 @@ def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequenc
     entry: dict[str, Any] = {"kind": info["kind"], "shape": [info["m"], info["k"]], "n": info["n"],
                              "input_shape": info["input_shape"], "sparsity": 1.0 - info["density"],
                              "dense_ms": dense_ms, "dense_bytes": dense_bytes}
-    results: dict[str, Any] = {DENSE: dense_ms}
+    results: dict[str, Any] = {DENSE: dense_ms, **not_timed}
     runs: dict[str, int] = {DENSE: len(dense_runs)}
     stats: dict[str, dict[str, Any]] = {DENSE: {"ms": dense_ms, "bytes": dense_bytes, "format": "dense",
                                                 "convert_ms": 0.0}}
@@ -277,6 +306,8 @@ def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequenc
                   "convert_ms": s["convert_ms"], "speedup": dense_ms / s["ms"] if s["ms"] > 0 else float("inf"),
                   "amortise_inferences": (s["convert_ms"] / saving) if saving > 0 else float("inf"),
                   "predicted_ms": None, "candidates": results, "timed_runs": runs})
+    if predicted:
+        entry["predicted"] = predicted
     if pick == DENSE:
         entry["amortise_inferences"] = 0.0  # nothing to convert
     if predictor is not None:
@@ -291,7 +322,8 @@ def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequenc
 def plan(model: nn.Module, example_input: object, candidates: Sequence[Kernel], objective: str = "latency",
          mode: str = "auto", repeats: int = 5, layers: Sequence[str] | None = None, warmup: int = 2,
          device: str = "cpu", rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-         predictor: Predictor | None = None, progress: bool = True, budget_s: float = 1.0) -> Plan:
+         predictor: Predictor | None = None, progress: bool = True, budget_s: float = 1.0,
+         shortlist: int | None = None) -> Plan:
     """Plan every selected layer of ``model`` (eval mode) on the shapes ``example_input`` produces.
 
     Args:
@@ -307,6 +339,8 @@ def plan(model: nn.Module, example_input: object, candidates: Sequence[Kernel], 
         budget_s: per layer and candidate, stop repeating once the timed runs took this long (>= 1 run);
             a candidate more than 5x slower than the best so far on its (cold) verification call is not timed
             again (``timed_runs`` 0 in the entry).
+        shortlist: time only the ``shortlist`` candidates ``predictor`` ranks fastest per layer (needs a
+            predictor): the performance model saves planning time; the entry keeps every prediction.
     """
     if mode not in MODES:
         raise ValueError(f"unknown deploy mode {mode!r}; allowed: {', '.join(MODES)}")
@@ -314,12 +348,17 @@ def plan(model: nn.Module, example_input: object, candidates: Sequence[Kernel], 
         raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if shortlist is not None and (isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1):
+        raise ValueError(f"shortlist={shortlist!r} is not allowed; it must be null or an integer >= 1")
+    if shortlist is not None and predictor is None:
+        raise ValueError("shortlist needs the performance model (a predictor); calibrate this machine with "
+                         "`python -m spruce.study --calibrate` or pass predict=true")
     names = prunable_layers(model, layers)
     mods = dict(model.named_modules())
     inputs = capture_inputs(model, example_input, names)
     out = Plan(meta={"mode": mode, "objective": objective, "device": device, "repeats": repeats,
                      "warmup": warmup, "budget_s": budget_s, "threads": torch.get_num_threads(),
-                     "torch": torch.__version__,
+                     "torch": torch.__version__, "shortlist": shortlist,
                      "candidates": [k.name for k in candidates], "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     it: Any = names
     if progress:
@@ -329,5 +368,5 @@ def plan(model: nn.Module, example_input: object, candidates: Sequence[Kernel], 
         if progress:
             it.set_postfix_str(n)
         out.layers[n] = plan_layer(n, mods[n], inputs.pop(n), candidates, mode, objective, repeats, warmup,
-                                   device, rtol, atol, predictor, budget_s)
+                                   device, rtol, atol, predictor, budget_s, shortlist)
     return out
