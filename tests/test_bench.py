@@ -124,12 +124,14 @@ def test_bench_checkpoint_accuracy_and_mismatch(tmp_path) -> None:
     ("objective=speed", "unknown objective 'speed'"),
     ("prune.final=1.5", "prune.final=1.5 is not allowed"),
     ("ckpt=/nonexistent.ckpt", "does not exist"),
+    ("shortlist=0", "shortlist=0 is not allowed"),
+    ("predict=false shortlist=2", "shortlist needs the performance model"),
 ])
 def test_bad_input_is_one_clear_error_and_no_files(tmp_path, override: str, message: str) -> None:
     if override == "device=cuda" and torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
-        bench(cfg_of(TINY_VGG[:-1] + [override], tmp_path))
+        bench(cfg_of(TINY_VGG[:-1] + override.split(), tmp_path))
     assert not (tmp_path / "run").exists()
 
 
