@@ -179,7 +179,10 @@ def test_calibration_measures_efficiency_over_k(monkeypatch, tmp_path):
     monkeypatch.setattr(machine, "GATHER_SHAPE", (256, 512))
     base = MachineProfile(name="t", peak_gflops=50.0, bw_gbs=10.0, cache_bytes=32e6, threads=1,
                           overhead_us={}, sparse_eff={}, gather_penalty={}, convert_ns={})
-    prof = machine.calibrate([registry.get("torch_dense"), registry.get("torch_csr")], base, progress=False)
+    prof = machine.calibrate([registry.get("torch_dense"), registry.get("torch_csr"), registry.get("spruce_csr")],
+                             base, progress=False)
+    # the panelled kernel says so in the profile; the others do not
+    assert prof.x_panel_bytes == {"spruce_csr": float(registry.get("spruce_csr").x_panel_bytes)}
     assert sorted(prof.dense_eff["by_k"]) == ["256", "64"]
     assert sorted(prof.dense_eff["by_k"]["64"]) == ["1", "8"]
     tables = prof.sparse_eff["torch_csr"]["by_k"]
@@ -196,3 +199,12 @@ def test_calibration_measures_efficiency_over_k(monkeypatch, tmp_path):
     # the profile round-trips through JSON (the cache) unchanged
     import json
     assert MachineProfile.from_dict(json.loads(json.dumps(prof.to_dict()))) == prof
+
+
+def test_panelled_kernel_reads_x_once(fake):
+    # X = 4 MB > 1 MB cache: a row-sweeping kernel re-reads it (R = 75.25): bytes 8e5 + 4004 + 4e6 * 75.25 + 4e6
+    # = 3.05804e8 -> 30.58 ms > 20 ms of FLOPs; a panelled one moves 8e5 + 4004 + 4e6 + 4e6 -> 0.88 ms, compute-bound
+    assert pm.sparse_time_s("k", "csr", 1000, 1000, 1000, 1e5, 0.0, fake) == pytest.approx(3.058040e-2)
+    panelled = MachineProfile(**{**fake.to_dict(), "x_panel_bytes": {"k": 384 * 1024}})
+    assert pm.sparse_time_s("k", "csr", 1000, 1000, 1000, 1e5, 0.0, panelled) == pytest.approx(2e-2)
+    assert pm.sparse_time_s("other", "csr", 1000, 1000, 1000, 1e5, 0.0, panelled) == pytest.approx(3.058040e-2)

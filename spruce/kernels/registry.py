@@ -49,6 +49,10 @@ class Kernel:
     device: ClassVar[str] = "cpu"
     dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32,)
     description: ClassVar[str] = ""
+    #: bytes of X ([K, N]) the kernel keeps cache-resident while every row passes over them (it cuts N into
+    #: panels of about this size), so X streams from memory once whatever its size; None: it sweeps all of N
+    #: per row and re-reads X from memory once X outgrows the cache. Read by the performance model.
+    x_panel_bytes: ClassVar[int | None] = None
 
     # ---- availability -------------------------------------------------------------------------------
     @classmethod

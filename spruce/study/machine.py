@@ -249,6 +249,8 @@ def calibrate(kernels: Iterable, base: MachineProfile | None = None, progress: b
         r = calibrate_kernel(kn, base.peak_gflops, base.bw_gbs, base.cache_bytes, dense, base.dense_eff,
                              base.gather_penalty.get(dense.name))
         base.overhead_us[kn.name] = r["overhead_us"]
+        if getattr(kn, "x_panel_bytes", None):
+            base.x_panel_bytes[kn.name] = float(kn.x_panel_bytes)
         if kn.format == "dense":
             base.dense_eff = r["eff"]
             base.gather_penalty[kn.name] = r["gather_penalty"]

@@ -21,8 +21,9 @@ Formulas (times in seconds, ``P`` = peak GFLOP/s * 1e9, ``B`` = bandwidth GB/s *
   ``n_b (4 bh bw + i) + 4 (ceil(M/bh)+1)``;
   dense ``4 M K`` (``i`` = index bytes: 4 for int32, 2 for int16, 8 for torch's int64 COO).
 * expected BSR blocks of a uniformly random mask: ``n_b = ceil(M/bh) ceil(K/bw) (1 - (1 - d)^(bh bw))``.
-* re-read factor: ``R = 1`` when ``4 K N`` fits in cache ``C``; else each nonzero of a column streams a row of X
-  again: ``R = 1 + (max(nnz / K, 1) - 1) (1 - C / (4 K N))``.
+* re-read factor: ``R = 1`` when ``4 K N`` fits in cache ``C``, or when the kernel cuts N into cache-resident
+  panels of X (``profile.x_panel_bytes``: each panel is read once and every row reuses it); else each nonzero of
+  a column streams a row of X again: ``R = 1 + (max(nnz / K, 1) - 1) (1 - C / (4 K N))``.
 * imbalance of a row partition over ``T`` threads, each taking ``M/T`` rows whose lengths have coefficient of
   variation ``cov``: the slowest thread is ~``sqrt(2 ln T)`` standard deviations above the mean, so
   ``imbalance = 1 + cov sqrt(2 ln T) / sqrt(M / T)`` (1 for ``T = 1``).
@@ -151,10 +152,12 @@ def dense_time_s(m: int, k: int, n: int, profile: MachineProfile, kernel: str = 
 
 
 def sparse_bytes(fmt: str, m: int, k: int, n: int, nnz: float, cache_bytes: float, index_bytes: int = 4,
-                 block=16, nblocks: float | None = None) -> float:
-    """Bytes a sparse call moves: packed weight + ``4 K N R`` activations + ``4 M N`` output."""
+                 block=16, nblocks: float | None = None, panelled: bool = False) -> float:
+    """Bytes a sparse call moves: packed weight + ``4 K N R`` activations + ``4 M N`` output (``R = 1`` for a
+    ``panelled`` kernel, which keeps a panel of X in cache while every row passes over it)."""
     wb = weight_bytes(fmt, m, k, nnz, index_bytes, block, nblocks)
-    return wb + FP32 * k * n * reread_factor(m, k, n, nnz, cache_bytes) + FP32 * m * n
+    r = 1.0 if panelled else reread_factor(m, k, n, nnz, cache_bytes)
+    return wb + FP32 * k * n * r + FP32 * m * n
 
 
 def sparse_time_s(kernel: str, fmt: str, m: int, k: int, n: int, nnz: float, row_cov: float | None,
@@ -175,8 +178,9 @@ def sparse_time_s(kernel: str, fmt: str, m: int, k: int, n: int, nnz: float, row
     else:
         nb, flops, rows = None, 2.0 * nnz * n, m
     compute = flops / (profile.peak_gflops * 1e9 * profile.eff(kernel, fmt, n, nnz / (m * k), k))
-    memory = profile.gather(kernel, fmt) * sparse_bytes(fmt, m, k, n, nnz, profile.cache_bytes, ib, b, nb) / (
-        profile.bw_gbs * 1e9)
+    panelled = bool(profile.x_panel_bytes.get(kernel))
+    memory = profile.gather(kernel, fmt) * sparse_bytes(fmt, m, k, n, nnz, profile.cache_bytes, ib, b, nb,
+                                                        panelled) / (profile.bw_gbs * 1e9)
     return max(compute, memory) * imbalance(row_cov, profile.threads, rows) + profile.overhead_s(kernel, fmt)
 
 

@@ -84,6 +84,8 @@ class MachineProfile:
         gather_penalty: multiplier (>0) on the sparse kernel's memory stream: measured time of a memory-bound
             call over ``bytes / bw``; 1 means it streams at full bandwidth.
         convert_ns: one-off conversion (``prepare``) cost per kernel as ``[ns per dense element, ns per nnz]``.
+        x_panel_bytes: per kernel that cuts N into cache-resident panels of X (``Kernel.x_panel_bytes``), the
+            panel size; such a kernel reads X from memory once (re-read factor 1) however large X is.
         dense_paths: alternative dense paths ``{name: [GFLOP/s, bytes per element]}`` (GPU: FP32 SIMT, TF32 and
             BF16 tensor cores). ``"fp32"`` is the path ``peak_gflops`` describes.
         meta: where the numbers came from (CPU model, torch version, raw measurements, citations).
@@ -100,6 +102,7 @@ class MachineProfile:
     gather_penalty: dict[str, float] = field(default_factory=lambda: {"default": 1.0})
     convert_ns: dict[str, list[float]] = field(default_factory=lambda: {"default": [1.0, 10.0]})
     dense_paths: dict[str, list[float]] = field(default_factory=dict)
+    x_panel_bytes: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

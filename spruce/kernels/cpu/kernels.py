@@ -117,6 +117,7 @@ class SpruceCsr(_SpruceCpu):
     name = "spruce_csr"
     format = "csr"
     description = "Spruce AVX2 CSR SpMM (uint16/int32 indices, fused epilogue)"
+    x_panel_bytes = 384 * 1024  # L2_PANEL_BYTES in spruce_cpu.cpp
 
     def _product(self, packed, x, bias, act, transposed):
         return build.load().csr_spmm(packed.rowptr, packed.cols, packed.vals, packed.m, packed.k, x, bias, act,
