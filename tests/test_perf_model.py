@@ -177,6 +177,8 @@ def test_calibration_measures_efficiency_over_k(monkeypatch, tmp_path):
     monkeypatch.setattr(machine, "EFF_SPARSITIES", (0.5, 0.9))
     monkeypatch.setattr(machine, "EFF_M", 64)
     monkeypatch.setattr(machine, "GATHER_SHAPE", (256, 512))
+    monkeypatch.setattr(machine, "CALIBRATION_PASSES", 3)
+    monkeypatch.setattr(machine, "PASS_BUDGET_S", 0.02)
     base = MachineProfile(name="t", peak_gflops=50.0, bw_gbs=10.0, cache_bytes=32e6, threads=1,
                           overhead_us={}, sparse_eff={}, gather_penalty={}, convert_ns={})
     prof = machine.calibrate([registry.get("torch_dense"), registry.get("torch_csr"), registry.get("spruce_csr")],
@@ -208,3 +210,17 @@ def test_panelled_kernel_reads_x_once(fake):
     panelled = MachineProfile(**{**fake.to_dict(), "x_panel_bytes": {"k": 384 * 1024}})
     assert pm.sparse_time_s("k", "csr", 1000, 1000, 1000, 1e5, 0.0, panelled) == pytest.approx(2e-2)
     assert pm.sparse_time_s("other", "csr", 1000, 1000, 1000, 1e5, 0.0, panelled) == pytest.approx(3.058040e-2)
+
+
+def test_calibration_passes_take_the_median_per_point():
+    from spruce.study import machine
+
+    calls = []
+    drift = iter([1.0, 5.0, 2.0, 100.0, 3.0, 4.0])  # pass 1: a=1, b=5; pass 2: a=2, b=100; pass 3: a=3, b=4
+
+    def measure(pt):
+        calls.append(pt)
+        return next(drift)
+
+    assert machine._passes(["a", "b"], measure, 3) == [2.0, 5.0]
+    assert calls == ["a", "b"] * 3  # whole sweeps, not one point at a time

@@ -14,7 +14,9 @@ speed, a long one is an average over other people's time slices.
     of ``EFF_KS`` (M = 1024): the dense kernel's ``2 M K N / t / peak``; a sparse kernel's from paired
     dense/sparse rounds (``calibrate_kernel``). K is a table axis because it sets the slice of X a row tile
     walks (K x tile x 4 bytes): at K = 256 it sits in L1/L2, at K = 4096 it does not, and both the sparse
-    kernels and the dense GEMM lose efficiency in ways a single in-cache point cannot show;
+    kernels and the dense GEMM lose efficiency in ways a single in-cache point cannot show. The whole table
+    is swept ``CALIBRATION_PASSES`` times and each point keeps its median, so minutes-long drift of a shared
+    machine does not bend the table's shape;
   - gather penalty: ``GATHER_SHAPE`` (weight bigger than the cache, N = 1, memory-bound): the dense GEMV's
     ``t / (bytes / bw)``; a sparse kernel's at 90% from paired dense/sparse rounds (``calibrate_kernel``);
   - conversion: ``prepare`` of 1024 x 2048 at 50% and 95%, solved for ``a M K + b nnz``.
@@ -28,6 +30,7 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Iterable
@@ -73,8 +76,9 @@ def cache_dir() -> Path:
 
 
 #: bumped when what calibration measures changes, so an older cached profile is not silently reused
-#: (2: efficiency tables gained the K axis).
-CALIBRATION_VERSION = 2
+#: (2: efficiency tables gained the K axis; 3: a density point at 0.3, where most crossovers lie; 4: tables
+#: are the median of interleaved passes).
+CALIBRATION_VERSION = 4
 
 
 def profile_path(threads: int | None = None) -> Path:
@@ -118,21 +122,94 @@ def _net(t: float, overhead_us: float) -> float:
 
 #: columns, sparsities and reduction lengths at which the efficiency tables are measured (M = EFF_M rows).
 EFF_NS = (1, 16, 128, 1024)
-EFF_SPARSITIES = (0.5, 0.9, 0.98)
+EFF_SPARSITIES = (0.5, 0.7, 0.9, 0.98)
 EFF_KS = (256, 1024, 4096)
 EFF_M = 1024
+#: the efficiency tables are swept this many times (median per point), each point with this time budget
+CALIBRATION_PASSES = 3
+PASS_BUDGET_S = 0.35
 #: the memory-bound calibration matrix (N = 1): 128 MB dense, 2.5x the LLC
 GATHER_SHAPE = (4096, 8192)
+
+
+def _passes(points: list, measure, passes: int) -> list[float]:
+    """``measure(point)`` for every point, ``passes`` times over the whole list, and the median per point.
+
+    A shared machine drifts over minutes (other tenants, clocks): measuring a table point by point would bake
+    that drift into the table's shape (a crossover is a ratio of two table entries). Sweeping the whole table
+    once per pass spreads every point over the calibration's duration, and the median drops a disturbed pass.
+    """
+    vals: list[list[float]] = [[] for _ in points]
+    for _ in range(passes):
+        for i, pt in enumerate(points):
+            vals[i].append(measure(pt))
+    return [statistics.median(v) for v in vals]
+
+
+def _dense_tables(kernel, peak_gflops: float, overhead_us: float) -> dict[str, dict[str, float]]:
+    """``{K: {N: 2 M K N / t / peak}}`` of the dense kernel (fastest call of each pass, median over passes)."""
+    m = EFF_M
+    mats = {k: kernel.prepare(torch.randn(m, k)) for k in EFF_KS}
+    xs = {(k, n): torch.randn(k, n) for k in EFF_KS for n in EFF_NS}
+    points = [(k, n) for k in EFF_KS for n in EFF_NS]
+
+    def measure(pt):
+        k, n = pt
+        p, x = mats[k], xs[pt]
+        t, _ = time_call(lambda: kernel.matmul(p, x), repeats=7, budget_s=PASS_BUDGET_S, warmup=1, stat="min")
+        return 2.0 * m * k * n / _net(t, overhead_us) / (peak_gflops * 1e9)
+
+    vals = _passes(points, measure, CALIBRATION_PASSES)
+    out: dict[str, dict[str, float]] = {}
+    for (k, n), v in zip(points, vals):
+        out.setdefault(str(k), {})[str(n)] = v
+    return out
+
+
+def _sparse_tables(kernel, dense_kernel, dense_eff) -> dict[str, dict]:
+    """``{K: {"by_density": {d: {N: e_s}}}}`` from paired dense/sparse rounds on the same matrix:
+    ``e_s = e_d(N, K) * (useful / (M K)) * t_d / t_s`` (fastest call of each in a pass, median over passes)."""
+    m, name, fmt = EFF_M, kernel.name, kernel.format
+    mats = {}
+    for k in EFF_KS:
+        for s in EFF_SPARSITIES:
+            w = synthetic_weight("uniform", m, k, s, seed=2)
+            nnz = int((w != 0).sum())
+            if fmt == "bsr":
+                bh, bw = perf_model.block_for(name, fmt)
+                useful = perf_model.expected_blocks(m, k, nnz, (bh, bw)) * bh * bw
+            else:
+                useful = float(nnz)
+            mats[(k, s)] = (kernel.prepare(w), dense_kernel.prepare(w), useful)
+    xs = {(k, n): torch.randn(k, n) for k in EFF_KS for n in EFF_NS}
+    points = [(k, s, n) for k in EFF_KS for s in EFF_SPARSITIES for n in EFF_NS]
+
+    def measure(pt):
+        k, s, n = pt
+        p, pd, useful = mats[(k, s)]
+        x = xs[(k, n)]
+        kernel.matmul(p, x)
+        dense_kernel.matmul(pd, x)
+        tp = time_pair(lambda: dense_kernel.matmul(pd, x), lambda: kernel.matmul(p, x), repeats=7,
+                       budget_s=PASS_BUDGET_S)
+        return read_efficiency(dense_eff, n, None, k) * useful / (m * k) * tp["ratio_min"]
+
+    vals = _passes(points, measure, CALIBRATION_PASSES)
+    out: dict[str, dict] = {}
+    for (k, s, n), v in zip(points, vals):
+        out.setdefault(str(k), {"by_density": {}})["by_density"].setdefault(f"{1.0 - s:g}", {})[str(n)] = v
+    return out
 
 
 def calibrate_kernel(kernel, peak_gflops: float, bw_gbs: float, cache_bytes: float, dense_kernel=None,
                      dense_eff: dict[str, float] | None = None, dense_gather: float | None = None) -> dict:
     """Overhead (us), efficiency table, gather penalty and conversion ``(a, b)`` ns of one kernel.
 
-    The dense kernel (``kernel.format == "dense"``) gets its GEMM efficiency table ``{N: 2 M K N / t / peak}``.
-    A sparse kernel's efficiency is measured *against* dense: at each N and sparsity, rounds alternate a dense
-    and a sparse call on the same matrix (``time_pair``) and ``e_s = e_d(N) * (useful / (M K)) * t_d / t_s`` with
-    the fastest call of each, so the sparse/dense ratio the crossover depends on survives a loaded machine.
+    The dense kernel (``kernel.format == "dense"``) gets its GEMM efficiency tables ``{K: {N: 2 M K N / t /
+    peak}}``. A sparse kernel's efficiency is measured *against* dense: at each K, N and sparsity, rounds
+    alternate a dense and a sparse call on the same matrix (``time_pair``) and ``e_s = e_d(N, K) * (useful /
+    (M K)) * t_d / t_s`` with the fastest call of each, so the sparse/dense ratio the crossover depends on
+    survives a loaded machine; every table point is the median of ``CALIBRATION_PASSES`` sweeps (``_passes``).
     """
     name, fmt = kernel.name, kernel.format
     out: dict = {}
@@ -142,19 +219,8 @@ def calibrate_kernel(kernel, peak_gflops: float, bw_gbs: float, cache_bytes: flo
     x = torch.randn(16, 1)
     t, _ = time_call(lambda: kernel.matmul(p, x), repeats=50, budget_s=0.2, warmup=3, stat="min")
     out["overhead_us"] = t * 1e6
-    m = EFF_M
     if fmt == "dense":
-        by_k = {}
-        for k in EFF_KS:
-            w = torch.randn(m, k)
-            p = kernel.prepare(w)
-            table = {}
-            for n in EFF_NS:
-                x = torch.randn(k, n)
-                t, _ = time_call(lambda: kernel.matmul(p, x), repeats=15, budget_s=1.0, warmup=1, stat="min")
-                table[str(n)] = 2.0 * m * k * n / _net(t, out["overhead_us"]) / (peak_gflops * 1e9)
-            by_k[str(k)] = table
-        out["eff"] = {"by_k": by_k}
+        out["eff"] = {"by_k": _dense_tables(kernel, peak_gflops, out["overhead_us"])}
         # the dense GEMV streams the weight: its time over bytes / bandwidth is its own gather penalty
         mg, kg = GATHER_SHAPE
         w = torch.randn(mg, kg)
@@ -164,31 +230,7 @@ def calibrate_kernel(kernel, peak_gflops: float, bw_gbs: float, cache_bytes: flo
         return out
     if dense_kernel is None or not dense_eff:
         raise ValueError(f"calibrating {name} needs the dense kernel and its efficiency table")
-    by_k = {}
-    for k in EFF_KS:
-        tables = {}
-        for s in EFF_SPARSITIES:
-            w = synthetic_weight("uniform", m, k, s, seed=2)
-            nnz = int((w != 0).sum())
-            p = kernel.prepare(w)
-            pd = dense_kernel.prepare(w)
-            if fmt == "bsr":
-                bh, bw = perf_model.block_for(name, fmt)
-                useful = perf_model.expected_blocks(m, k, nnz, (bh, bw)) * bh * bw
-            else:
-                useful = float(nnz)
-            table = {}
-            for n in EFF_NS:
-                x = torch.randn(k, n)
-                kernel.matmul(p, x)
-                dense_kernel.matmul(pd, x)
-                tp = time_pair(lambda: dense_kernel.matmul(pd, x), lambda: kernel.matmul(p, x), repeats=15,
-                               budget_s=1.0)
-                e_d = read_efficiency(dense_eff, n, None, k)
-                table[str(n)] = e_d * useful / (m * k) * tp["ratio_min"]
-            tables[f"{1.0 - s:g}"] = table
-        by_k[str(k)] = {"by_density": tables}
-    out["eff"] = {"by_k": by_k}
+    out["eff"] = {"by_k": _sparse_tables(kernel, dense_kernel, dense_eff)}
     # gather penalty: memory-bound (N = 1), weight bigger than the cache, paired with the dense GEMV on the same
     # matrix: g_s = g_d * (t_s / t_d) * (bytes_d / bytes_s)
     m, k = GATHER_SHAPE
