@@ -87,9 +87,9 @@ def _input_label(x: Any) -> str:
 def find_predictor(device: str, predict: str = "auto", threads: int | None = None) -> Any:
     """The study package's performance model as ``(kernel, layer_info) -> ms``, or None.
 
-    ``predict``: ``"auto"`` uses it only when this machine's profile is already cached (calibrating takes ~15-60 s per
-    kernel), ``"true"`` calibrates when needed, ``"false"`` never predicts. CPU only (the study calibrates CPU
-    kernels); ``predicted_ms`` stays null otherwise.
+    ``predict``: ``"auto"`` uses it only when this machine's profile is already cached (calibrating takes 2-60 s per
+    kernel, about 4 minutes for all nine CPU kernels on 2 cores), ``"true"`` calibrates when needed, ``"false"``
+    never predicts. CPU only (the study calibrates CPU kernels); ``predicted_ms`` stays null otherwise.
     """
     if predict in (False, "false", "False") or device != "cpu":
         return None

@@ -24,7 +24,8 @@ def run_study(cfg: dict[str, Any] | None = None) -> Path:
 
 
 def load_profile(recalibrate: bool = False) -> MachineProfile:
-    """This machine's profile for every available CPU kernel (cached; calibrates what is missing, ~5 s/kernel)."""
+    """This machine's profile for every available CPU kernel (cached; calibrates what is missing: about 4 minutes for
+    the nine CPU kernels on 2 cores, 2-60 s each)."""
     from spruce import kernels as registry
     from spruce.study.machine import load_or_calibrate
 
