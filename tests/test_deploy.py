@@ -350,3 +350,31 @@ def test_shortlist_times_only_the_predicted_fastest() -> None:
         plan(m, torch.randn(1, 3, 8, 8), cands, mode="sparse", progress=False, shortlist=1)
     with pytest.raises(ValueError, match="shortlist=0 is not allowed"):
         plan(m, torch.randn(1, 3, 8, 8), cands, mode="sparse", progress=False, predictor=predictor, shortlist=0)
+
+
+def test_shortlist_replaces_a_failing_kernel_with_the_next_ranked(test_kernels) -> None:
+    m = tiny_cnn()
+    good = next(k for k in kernels(device="cpu") if k.format == "csr" and k.name == "torch_csr")
+    cands = [_Broken(), _OffByOne(), good, _Slow()]
+    rank = {_Broken.name: 1.0, _OffByOne.name: 2.0, good.name: 3.0, _Slow.name: 4.0}
+    p = plan(m, torch.randn(1, 3, 8, 8), cands, mode="sparse", repeats=1, warmup=0, progress=False,
+             predictor=lambda kernel, info: rank[kernel], shortlist=1)
+    for e in p.layers.values():
+        if "skipped" in e:
+            continue
+        # the two predicted fastest fail (one raises, one is wrong): the third is timed and chosen, the fourth not
+        assert e["candidates"][_Broken.name] == "failed: RuntimeError: cannot pack this"
+        assert e["candidates"][_OffByOne.name].startswith("failed: wrong output")
+        assert isinstance(e["candidates"][good.name], float) and e["kernel"] == good.name
+        assert e["candidates"][_Slow.name].startswith("not timed: predicted 4 ms")
+
+
+def test_steady_allocator_fixes_the_glibc_mmap_threshold() -> None:
+    import platform
+
+    from spruce.deploy.timing import steady_allocator
+
+    first = steady_allocator()
+    assert steady_allocator() is first  # idempotent
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert first is True

@@ -23,7 +23,7 @@ from torch import nn
 
 from spruce.deploy.compare import DEFAULT_ATOL, DEFAULT_RTOL, mismatch, run_model
 from spruce.deploy.modules import SparseConv2d
-from spruce.deploy.timing import median, time_ms
+from spruce.deploy.timing import median, steady_allocator, time_ms
 from spruce.kernels.registry import Kernel
 
 MODES = ("sparse", "dense", "auto")
@@ -206,11 +206,17 @@ def _time_candidate(fn: Callable[[], object], first_ms: float, repeats: int, war
     return median(runs), len(runs)
 
 
+class _WrongOutput(Exception):
+    """A candidate's output disagrees with dense (its message says how)."""
+
+
 def _shortlist(candidates: Sequence[Kernel], info: dict[str, Any], predictor: Predictor | None,
-               shortlist: int | None) -> tuple[list[Kernel], dict[str, float], dict[str, str]]:
-    """``(candidates to time, predicted ms per candidate, results of those left out)``.
+               shortlist: int | None) -> tuple[list[Kernel], list[Kernel], dict[str, float], dict[str, str]]:
+    """``(candidates to time, reserve, predicted ms per candidate, results of those not timed)``.
 
     Without a shortlist every candidate is timed (predictions, when a predictor exists, are still recorded).
+    With one, ``reserve`` holds the ranked candidates outside it, fastest predicted first: a shortlisted kernel
+    that fails is replaced by the next of them, so a shortlist of N means the N predicted fastest that work.
     Dense-format kernels are reference timings that are never chosen: they are not ranked and always timed."""
     predicted: dict[str, float] = {}
     if predictor is not None:
@@ -222,12 +228,12 @@ def _shortlist(candidates: Sequence[Kernel], info: dict[str, Any], predictor: Pr
             except Exception:  # unpredictable candidates are timed, never dropped
                 continue
     if shortlist is None or predictor is None:
-        return list(candidates), predicted, {}
+        return list(candidates), [], predicted, {}
     ranked = sorted((k for k in candidates if k.name in predicted), key=lambda k: predicted[k.name])
     keep = {k.name for k in ranked[:shortlist]} | {k.name for k in candidates if k.name not in predicted}
     left = {k.name: f"not timed: predicted {predicted[k.name]:.3g} ms, outside the model's shortlist of {shortlist}"
             for k in candidates if k.name not in keep}
-    return [k for k in candidates if k.name in keep], predicted, left
+    return [k for k in candidates if k.name in keep], ranked[shortlist:], predicted, left
 
 
 def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequence[Kernel], mode: str,
@@ -239,10 +245,10 @@ def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequenc
 
     ``budget_s``: per candidate, stop repeating once the timed runs took this long (at least one run).
     ``shortlist``: with a ``predictor``, only the ``shortlist`` candidates the model predicts fastest are prepared,
-    verified and timed (a candidate the model cannot predict is always timed); the others are recorded as not
-    timed, with their predicted ms under ``predicted``."""
+    verified and timed (a candidate the model cannot predict is always timed; one that fails is replaced by the
+    next-ranked); the others are recorded as not timed, with their predicted ms under ``predicted``."""
     info = _layer_info(name, layer, x)
-    candidates, predicted, not_timed = _shortlist(candidates, info, predictor, shortlist)
+    candidates, reserve, predicted, not_timed = _shortlist(candidates, info, predictor, shortlist)
     w = _flat_weight(layer)
     dense_bytes = w.numel() * w.element_size()
     with torch.inference_mode():
@@ -261,7 +267,9 @@ def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequenc
         entry["skipped"] = skip
     elif mode != "dense":
         best = dense_ms
-        for kern in candidates:
+        queue = list(candidates)
+        while queue:
+            kern = queue.pop(0)
             try:
                 t0 = time.perf_counter()
                 with torch.no_grad():
@@ -274,8 +282,7 @@ def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequenc
                 why = mismatch(y, ref, rtol, atol)
                 del y
                 if why:
-                    results[kern.name] = f"failed: wrong output: {why}"
-                    continue
+                    raise _WrongOutput(why)
                 ms, n_runs = _time_candidate(lambda: _call(kern, packed, layer, x), first_ms, repeats, warmup,
                                              device, best, budget_s)
                 best = min(best, ms)
@@ -285,7 +292,12 @@ def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequenc
                                     "convert_ms": convert_ms}
                 del packed
             except Exception as e:  # a failing kernel is reported, never timed; the plan goes on
-                results[kern.name] = f"failed: {_one_line(e)}"
+                results[kern.name] = (f"failed: wrong output: {e}" if isinstance(e, _WrongOutput)
+                                      else f"failed: {_one_line(e)}")
+                if kern.name in predicted and reserve:  # a failed shortlisted kernel: time the next-ranked one
+                    nxt = reserve.pop(0)
+                    results.pop(nxt.name, None)
+                    queue.append(nxt)
     # registered dense-format kernels are timed for reference but never chosen: "dense" (the original module)
     # is the dense option, so a converted layer is always a sparse one
     choices = [n for n, s in stats.items() if s["format"] != "dense" or (mode == "auto" and n == DENSE)]
@@ -344,6 +356,7 @@ def plan(model: nn.Module, example_input: object, candidates: Sequence[Kernel], 
     """
     if mode not in MODES:
         raise ValueError(f"unknown deploy mode {mode!r}; allowed: {', '.join(MODES)}")
+    steady_allocator()
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
     if repeats < 1:

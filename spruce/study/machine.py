@@ -40,6 +40,7 @@ import torch
 from spruce.study import perf_model
 from spruce.study.matrices import synthetic_weight
 from spruce.study.profile import MachineProfile, read_efficiency
+from spruce.deploy.timing import steady_allocator
 from spruce.study.timing import time_call, time_pair
 
 
@@ -77,8 +78,8 @@ def cache_dir() -> Path:
 
 #: bumped when what calibration measures changes, so an older cached profile is not silently reused
 #: (2: efficiency tables gained the K axis; 3: a density point at 0.3, where most crossovers lie; 4: tables
-#: are the median of interleaved passes).
-CALIBRATION_VERSION = 4
+#: are the median of interleaved passes; 5: a fixed glibc mmap threshold, ``steady_allocator``).
+CALIBRATION_VERSION = 5
 
 
 def profile_path(threads: int | None = None) -> Path:
@@ -264,6 +265,7 @@ def calibrate_kernel(kernel, peak_gflops: float, bw_gbs: float, cache_bytes: flo
 
 def calibrate(kernels: Iterable, base: MachineProfile | None = None, progress: bool = True) -> MachineProfile:
     """Measure the machine (unless ``base`` is given) and every kernel of ``kernels`` missing from it."""
+    steady_allocator()  # else one kernel's large temporaries change the next one's allocation costs
     if base is None:
         peak = measure_peak_gflops()
         bw_read, bw_copy = measure_bandwidth_gbs()

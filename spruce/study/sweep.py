@@ -25,6 +25,7 @@ from spruce.study import perf_model
 from spruce.study.matrices import nonempty_blocks, row_cov
 from spruce.study.profile import MachineProfile
 from spruce.study.sources import Case
+from spruce.deploy.timing import steady_allocator
 from spruce.study.timing import time_call, time_pair
 
 COLUMNS = ["source", "model", "layer", "m", "k", "n", "batch", "kind", "group", "sparsity_target", "sparsity",
@@ -172,6 +173,8 @@ def run_sweep(cases: list[Case], kernels: list, dense_kernel, repeats: int = 3, 
               csv_path: Path | None = None) -> list[dict[str, Any]]:
     """Time every case (tqdm progress); rows are re-written to ``csv_path`` after each case when given."""
     from tqdm import tqdm
+
+    steady_allocator()  # the same allocator policy as calibration, whatever ran before in this process
 
     rows: list[dict[str, Any]] = []
     hopeless: dict[tuple, float] = {}
