@@ -159,7 +159,12 @@ def test_quick_study_writes_every_report_file(tmp_path, monkeypatch):
     # a report re-renders from its rows with the current profile (no new measurement)
     from spruce.study.study import rerender
     (out / "report.md").unlink()
-    assert rerender(out) == out and "(re-rendered)" in (out / "report.md").read_text()
+    measured_by = summary["command"]
+    assert rerender(out) == out
+    md = (out / "report.md").read_text()
+    assert f"Command: `{measured_by}  (re-rendered by: python " in md  # the measuring command is kept
+    rerender(out)  # twice: still one measuring command, one re-render note
+    assert (out / "report.md").read_text().count("re-rendered by") == 1
 
 
 def test_failing_kernel_is_recorded_not_timed(tmp_path, monkeypatch):
