@@ -23,10 +23,10 @@ def run_study(cfg: dict[str, Any] | None = None) -> Path:
     return _run(cfg)
 
 
-def load_profile(recalibrate: bool = False) -> MachineProfile:
+def load_profile(recalibrate: bool = False, progress: bool = True) -> MachineProfile:
     """This machine's profile for every available CPU kernel (cached; calibrates what is missing: about 4 minutes for
-    the nine CPU kernels on 2 cores, 2-60 s each)."""
+    the nine CPU kernels on 2 cores, 2-60 s each, with a progress bar unless ``progress=False``)."""
     from spruce import kernels as registry
     from spruce.study.machine import load_or_calibrate
 
-    return load_or_calibrate(registry.kernels(device="cpu"), recalibrate=recalibrate, progress=False)
+    return load_or_calibrate(registry.kernels(device="cpu"), recalibrate=recalibrate, progress=progress)
