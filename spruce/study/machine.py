@@ -18,7 +18,8 @@ speed, a long one is an average over other people's time slices.
     is swept ``CALIBRATION_PASSES`` times and each point keeps its median, so minutes-long drift of a shared
     machine does not bend the table's shape;
   - gather penalty: ``GATHER_SHAPE`` (weight bigger than the cache, N = 1, memory-bound): the dense GEMV's
-    ``t / (bytes / bw)``; a sparse kernel's at 90% from paired dense/sparse rounds (``calibrate_kernel``);
+    ``t / (bytes / bw)``; a sparse kernel's at ``GATHER_SPARSITY`` from paired dense/sparse rounds
+    (``calibrate_kernel``);
   - conversion: ``prepare`` of 1024 x 2048 at 50% and 95%, solved for ``a M K + b nnz``.
 
 The cache key is the CPU model, the thread count, the torch version and ``CALIBRATION_VERSION``; kernels
@@ -78,8 +79,9 @@ def cache_dir() -> Path:
 
 #: bumped when what calibration measures changes, so an older cached profile is not silently reused
 #: (2: efficiency tables gained the K axis; 3: a density point at 0.3, where most crossovers lie; 4: tables
-#: are the median of interleaved passes; 5: a fixed glibc mmap threshold, ``steady_allocator``).
-CALIBRATION_VERSION = 5
+#: are the median of interleaved passes; 5: a fixed glibc mmap threshold, ``steady_allocator``;
+#: 6: the sparse gather penalty measured at 50%, in DRAM).
+CALIBRATION_VERSION = 6
 
 
 def profile_path(threads: int | None = None) -> Path:
@@ -131,6 +133,10 @@ CALIBRATION_PASSES = 3
 PASS_BUDGET_S = 0.35
 #: the memory-bound calibration matrix (N = 1): 128 MB dense, 2.5x the LLC
 GATHER_SHAPE = (4096, 8192)
+#: the sparsity of the sparse gather measurement: 50%, where batch-1 crossovers lie and the packed weight (~100 MB
+#: for CSR) streams from DRAM. At 90% it is ~20 MB and partly stays in the 32 MB LLC between calls, and the
+#: ratio it gave for spruce_csr moved 0.93-1.55x from one full calibration to the next (1.0-1.1x standalone).
+GATHER_SPARSITY = 0.5
 
 
 def _passes(points: list, measure, passes: int) -> list[float]:
@@ -235,7 +241,7 @@ def calibrate_kernel(kernel, peak_gflops: float, bw_gbs: float, cache_bytes: flo
     # gather penalty: memory-bound (N = 1), weight bigger than the cache, paired with the dense GEMV on the same
     # matrix: g_s = g_d * (t_s / t_d) * (bytes_d / bytes_s)
     m, k = GATHER_SHAPE
-    w = synthetic_weight("uniform", m, k, 0.9, seed=3)
+    w = synthetic_weight("uniform", m, k, GATHER_SPARSITY, seed=3)
     nnz = int((w != 0).sum())
     p = kernel.prepare(w)
     x = torch.randn(k, 1)
