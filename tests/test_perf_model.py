@@ -224,3 +224,23 @@ def test_calibration_passes_take_the_median_per_point():
 
     assert machine._passes(["a", "b"], measure, 3) == [2.0, 5.0]
     assert calls == ["a", "b"] * 3  # whole sweeps, not one point at a time
+
+
+def test_weight_bytes_model_matches_every_cpu_kernel() -> None:
+    """The memory model (index width, block shape) is the packed size each registered kernel reports."""
+    from spruce import kernels as registry
+    from spruce.study.matrices import nonempty_blocks, synthetic_weight
+
+    w = synthetic_weight("uniform", 64, 256, 0.8, seed=0)
+    m, k = w.shape
+    nnz = int((w != 0).sum())
+    checked = 0
+    for kn in registry.kernels(device="cpu"):
+        if kn.format == "dense":
+            continue
+        block = pm.block_for(kn.name, kn.format)
+        nb = nonempty_blocks(w, block) if kn.format == "bsr" else None
+        expected = pm.weight_bytes(kn.format, m, k, nnz, pm.index_bytes_for(kn.name, kn.format), block, nb)
+        assert kn.weight_bytes(kn.prepare(w)) == pytest.approx(expected), kn.name
+        checked += 1
+    assert checked >= 3

@@ -40,7 +40,7 @@ from spruce.study.profile import MachineProfile
 FP32 = 4
 #: index bytes of kernels that do not use int32 (torch COO stores int64 indices; spruce_csr packs uint16
 #: column indices when K <= 65536).
-INDEX_BYTES = {"torch_coo": 8, "spruce_csr": 2}
+INDEX_BYTES = {"torch_coo": 8, "spruce_csr": 2, "spruce_bsr4x1": 2}
 
 Block = "int | tuple[int, int]"
 
