@@ -206,10 +206,6 @@ def _time_candidate(fn: Callable[[], object], first_ms: float, repeats: int, war
     return median(runs), len(runs)
 
 
-class _WrongOutput(Exception):
-    """A candidate's output disagrees with dense (its message says how)."""
-
-
 def _shortlist(candidates: Sequence[Kernel], info: dict[str, Any], predictor: Predictor | None,
                shortlist: int | None) -> tuple[list[Kernel], list[Kernel], dict[str, float], dict[str, str]]:
     """``(candidates to time, reserve, predicted ms per candidate, results of those not timed)``.
@@ -268,6 +264,15 @@ def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequenc
     elif mode != "dense":
         best = dense_ms
         queue = list(candidates)
+
+        def failed(kern: Kernel, why: str) -> None:
+            """Record a failure; a failed shortlisted kernel makes room for the next-ranked one."""
+            results[kern.name] = f"failed: {why}"
+            if kern.name in predicted and reserve:
+                nxt = reserve.pop(0)
+                results.pop(nxt.name, None)
+                queue.append(nxt)
+
         while queue:
             kern = queue.pop(0)
             try:
@@ -282,7 +287,8 @@ def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequenc
                 why = mismatch(y, ref, rtol, atol)
                 del y
                 if why:
-                    raise _WrongOutput(why)
+                    failed(kern, f"wrong output: {why}")
+                    continue
                 ms, n_runs = _time_candidate(lambda: _call(kern, packed, layer, x), first_ms, repeats, warmup,
                                              device, best, budget_s)
                 best = min(best, ms)
@@ -292,12 +298,7 @@ def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequenc
                                     "convert_ms": convert_ms}
                 del packed
             except Exception as e:  # a failing kernel is reported, never timed; the plan goes on
-                results[kern.name] = (f"failed: wrong output: {e}" if isinstance(e, _WrongOutput)
-                                      else f"failed: {_one_line(e)}")
-                if kern.name in predicted and reserve:  # a failed shortlisted kernel: time the next-ranked one
-                    nxt = reserve.pop(0)
-                    results.pop(nxt.name, None)
-                    queue.append(nxt)
+                failed(kern, _one_line(e))
     # registered dense-format kernels are timed for reference but never chosen: "dense" (the original module)
     # is the dense option, so a converted layer is always a sparse one
     choices = [n for n, s in stats.items() if s["format"] != "dense" or (mode == "auto" and n == DENSE)]
@@ -356,7 +357,6 @@ def plan(model: nn.Module, example_input: object, candidates: Sequence[Kernel], 
     """
     if mode not in MODES:
         raise ValueError(f"unknown deploy mode {mode!r}; allowed: {', '.join(MODES)}")
-    steady_allocator()
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
     if repeats < 1:
@@ -366,6 +366,7 @@ def plan(model: nn.Module, example_input: object, candidates: Sequence[Kernel], 
     if shortlist is not None and predictor is None:
         raise ValueError("shortlist needs the performance model (a predictor); calibrate this machine with "
                          "`python -m spruce.study --calibrate` or pass predict=true")
+    steady_allocator()  # the allocator policy calibration measured under, whatever ran before in this process
     names = prunable_layers(model, layers)
     mods = dict(model.named_modules())
     inputs = capture_inputs(model, example_input, names)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import math
 import statistics
 import time
@@ -30,8 +29,8 @@ def steady_allocator() -> bool:
     global _steady
     if _steady is None:
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _steady = bool(libc.mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD))
+            # the process's own symbols include libc's: no library search (find_library runs ldconfig)
+            _steady = bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD))
         except (OSError, AttributeError):
             _steady = False
     return _steady

@@ -38,10 +38,10 @@ from typing import Iterable
 
 import torch
 
+from spruce.deploy.timing import steady_allocator
 from spruce.study import perf_model
 from spruce.study.matrices import synthetic_weight
 from spruce.study.profile import MachineProfile, read_efficiency
-from spruce.deploy.timing import steady_allocator
 from spruce.study.timing import time_call, time_pair
 
 

@@ -38,8 +38,9 @@ import re
 from spruce.study.profile import MachineProfile
 
 FP32 = 4
-#: index bytes of kernels that do not use int32 (torch COO stores int64 indices; spruce_csr packs uint16
-#: column indices when K <= 65536).
+#: index bytes of kernels that do not use int32 (torch COO stores int64 indices; spruce_csr and spruce_bsr4x1
+#: pack 16-bit column indices when K <= 65536). ``test_weight_bytes_model_matches_every_cpu_kernel`` checks this
+#: table against each kernel's packed size.
 INDEX_BYTES = {"torch_coo": 8, "spruce_csr": 2, "spruce_bsr4x1": 2}
 
 Block = "int | tuple[int, int]"

@@ -21,11 +21,11 @@ from typing import Any, Iterable
 
 import torch
 
+from spruce.deploy.timing import steady_allocator
 from spruce.study import perf_model
 from spruce.study.matrices import nonempty_blocks, row_cov
 from spruce.study.profile import MachineProfile
 from spruce.study.sources import Case
-from spruce.deploy.timing import steady_allocator
 from spruce.study.timing import time_call, time_pair
 
 COLUMNS = ["source", "model", "layer", "m", "k", "n", "batch", "kind", "group", "sparsity_target", "sparsity",
