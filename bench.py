@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {e}", file=sys.stderr)
         remove_if_empty(d["out_dir"])
         sys.exit(2)
-    if out.get("mode") in ("study", "kernels", "aggregate"):
+    if out.get("mode") in ("study", "aggregate"):
         print(json.dumps(out, indent=1, default=str))
         return
     keys = ("model", "init", "deploy", "sparsity", "latency_ms_median", "dense_latency_ms_median", "speedup",

@@ -290,7 +290,7 @@ def test_predictor_hook_fills_predicted_ms() -> None:
 
 
 def test_median_and_p90_nearest_rank() -> None:
-    from spruce.deploy.timing import median, p90, time_ms
+    from spruce.perf.timing import median, p90, time_ms
     xs = [float(i) for i in range(10, 0, -1)]
     assert median(xs) == 5.5 and p90(xs) == 9.0 and p90([3.0]) == 3.0
     assert len(time_ms(lambda: time.sleep(0.002), repeats=50, warmup=0, budget_s=0.01)) < 50
@@ -372,7 +372,7 @@ def test_shortlist_replaces_a_failing_kernel_with_the_next_ranked(test_kernels) 
 def test_steady_allocator_fixes_the_glibc_mmap_threshold() -> None:
     import platform
 
-    from spruce.deploy.timing import steady_allocator
+    from spruce.perf.allocator import steady_allocator
 
     first = steady_allocator()
     assert steady_allocator() is first  # idempotent

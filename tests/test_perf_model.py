@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from spruce.study import perf_model as pm
-from spruce.study.profile import MachineProfile, h100_profile
+from spruce.perf import model as pm
+from spruce.perf.profile import MachineProfile, h100_profile
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_efficiency_by_k_interpolates_in_log_k(fake):
 def test_calibration_measures_efficiency_over_k(monkeypatch, tmp_path):
     """A real (tiny) calibration: tables over K, density and N that the model then reads at any K."""
     from spruce import kernels as registry
-    from spruce.study import machine
+    from spruce.perf import calibration as machine
 
     monkeypatch.setenv("SPRUCE_CACHE", str(tmp_path))
     monkeypatch.setattr(machine, "EFF_KS", (64, 256))
@@ -213,7 +213,7 @@ def test_panelled_kernel_reads_x_once(fake):
 
 
 def test_calibration_passes_take_the_median_per_point():
-    from spruce.study import machine
+    from spruce.perf import calibration as machine
 
     calls = []
     drift = iter([1.0, 5.0, 2.0, 100.0, 3.0, 4.0])  # pass 1: a=1, b=5; pass 2: a=2, b=100; pass 3: a=3, b=4
@@ -229,7 +229,7 @@ def test_calibration_passes_take_the_median_per_point():
 def test_weight_bytes_model_matches_every_cpu_kernel() -> None:
     """The memory model (index width, block shape) is the packed size each registered kernel reports."""
     from spruce import kernels as registry
-    from spruce.study.matrices import nonempty_blocks, synthetic_weight
+    from spruce.perf.matrices import nonempty_blocks, synthetic_weight
 
     w = synthetic_weight("uniform", 64, 256, 0.8, seed=0)
     m, k = w.shape

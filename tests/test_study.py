@@ -8,8 +8,8 @@ import torch
 
 from spruce.study import config as study_config
 from spruce.study.crossover import find_crossover, within
-from spruce.study.matrices import nonempty_blocks, row_cov, smtx_weight, synthetic_weight
-from spruce.study.profile import MachineProfile
+from spruce.perf.matrices import nonempty_blocks, row_cov, smtx_weight, synthetic_weight
+from spruce.perf.profile import MachineProfile
 
 
 # ---- crossover detection --------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def test_config_from_a_whole_bench_config():
 # ---- the quick study end to end ---------------------------------------------------------------------------------
 def _seed_profile(monkeypatch, tmp_path, names):
     """A profile for every kernel in the cache, so the test measures nothing but the sweep."""
-    from spruce.study import machine
+    from spruce.perf import calibration as machine
 
     monkeypatch.setenv("SPRUCE_CACHE", str(tmp_path / "cache"))
     prof = MachineProfile(name="test", peak_gflops=50.0, bw_gbs=10.0, cache_bytes=32e6, threads=2,

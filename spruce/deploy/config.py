@@ -9,7 +9,7 @@ import torch
 
 from spruce.deploy.plan import MODES, OBJECTIVES
 
-RUN_MODES = ("deploy", "kernels", "study", "aggregate")
+RUN_MODES = ("deploy", "study", "aggregate")
 DEVICES = ("cpu", "cuda")
 
 
@@ -126,6 +126,9 @@ def check(c: BenchConfig) -> None:
     """Raise ValueError (one line) on the first bad option; resolves ``device``."""
     if c.predict not in ("auto", "true", "false"):
         raise ValueError(f"predict={c.predict!r} is not allowed; allowed: auto, true, false")
+    if c.mode == "kernels":
+        raise ValueError("mode=kernels is gone (the library does not run benchmarks/ scripts): run "
+                         "`python benchmarks/cpu_kernels.py --quick` instead")
     if c.mode not in RUN_MODES:
         raise ValueError(f"unknown mode {c.mode!r}; allowed: {', '.join(RUN_MODES)}")
     if c.deploy not in MODES:

@@ -5,7 +5,6 @@ converted model is verified against the dense one before anything is timed, and 
 """
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spruce import perf
 from spruce.deploy.accuracy import accuracy, eval_loader
 from spruce.deploy.candidates import resolve_candidates
 from spruce.deploy.config import BenchConfig, from_dict
@@ -85,43 +85,27 @@ def _input_label(x: Any) -> str:
 
 
 def find_predictor(device: str, predict: str = "auto", threads: int | None = None) -> Any:
-    """The study package's performance model as ``(kernel, layer_info) -> ms``, or None.
+    """The performance model (``spruce.perf``) as ``(kernel, layer_info) -> ms``, or None.
 
-    ``predict``: ``"auto"`` uses it only when this machine's profile is already cached (calibrating takes 2-60 s per
-    kernel, about 4 minutes for all nine CPU kernels on 2 cores), ``"true"`` calibrates when needed, ``"false"``
-    never predicts. CPU only (the study calibrates CPU kernels); ``predicted_ms`` stays null otherwise.
+    ``predict``: ``"auto"`` uses it only when this machine's profile is already cached (calibrating every CPU kernel
+    takes minutes: docs/measured/perf-notes.md), ``"true"`` calibrates when needed, ``"false"`` never predicts.
+    CPU only (calibration measures CPU kernels); ``predicted_ms`` stays null otherwise.
     """
     if predict in (False, "false", "False") or device != "cpu":
         return None
-    try:
-        study = importlib.import_module("spruce.study")
-        machine = importlib.import_module("spruce.study.machine")
-    except ImportError:
+    if predict == "auto" and not perf.profile_cached(threads):
         return None
-    load, predict_ms = getattr(study, "load_profile", None), getattr(study, "predict_ms", None)
-    if load is None or predict_ms is None:
-        return None
-    if predict == "auto":
-        path_fn = getattr(machine, "profile_path", None)
-        if path_fn is None or not path_fn(threads).is_file():
-            return None
-    prof = load()
+    prof = perf.load_profile()
 
     def predictor(kernel: str, info: dict[str, Any]) -> float:
-        return float(predict_ms(kernel, info.get("format", "dense"), info["m"], info["k"], info["n"], info["nnz"],
-                                None, prof))
+        return float(perf.predict_ms(kernel, info.get("format", "dense"), info["m"], info["k"], info["n"],
+                                     info["nnz"], None, prof))
     return predictor
 
 
 # ---- modes other than deploy ---------------------------------------------------------------------------------
 def _run_study(cfg: dict[str, Any]) -> dict[str, Any]:
-    try:
-        study = importlib.import_module("spruce.study")
-    except ImportError as e:
-        raise ValueError(f"mode=study needs the spruce.study package ({e})") from None
-    entry = getattr(study, "run_study", None)
-    if entry is None:
-        raise ValueError("mode=study: spruce.study has no run_study(cfg) entry point yet")
+    from spruce.study import run_study
     scfg = dict(cfg.get("study") or {})
     if scfg.get("model") is None and cfg.get("model_explicit"):
         scfg["model"] = (cfg.get("model") or {}).get("name")
@@ -130,27 +114,7 @@ def _run_study(cfg: dict[str, Any]) -> dict[str, Any]:
         scfg["source"] = "ckpt"
     if cfg.get("source"):  # `bench.py mode=study source=dlmc` (top-level shorthand for study.source)
         scfg["source"] = cfg["source"]
-    return {"mode": "study", "path": str(entry(scfg))}
-
-
-def _run_kernels(cfg: dict[str, Any]) -> dict[str, Any]:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_kernels.py"
-    if not path.is_file():
-        raise ValueError(f"mode=kernels needs {path} (the CPU kernel benchmark), which is not there")
-    spec = importlib.util.spec_from_file_location("spruce_cpu_kernels_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    entry = getattr(mod, "run", None) or getattr(mod, "main", None)
-    if entry is None:
-        raise ValueError(f"{path} has no run(cfg) or main() function")
-    if getattr(mod, "run", None):
-        out = entry(cfg)
-    else:  # main(argv) -> exit status (benchmarks/cpu_kernels.py): pass `kernels_args` as its command line
-        args = cfg.get("kernels_args") or ["--quick"]
-        out = entry([str(a) for a in (args.split() if isinstance(args, str) else args)])
-        if out:
-            raise ValueError(f"mode=kernels: {path.name} exited with status {out}")
-    return {"mode": "kernels", "result": str(out)}
+    return {"mode": "study", "path": str(run_study(scfg))}
 
 
 def _fallback_unavailable(the_plan: Plan, device: str, deploy: str, notes: list[str]) -> None:
@@ -197,8 +161,6 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
     c = from_dict(cfg)
     if c.mode == "study":
         return _run_study(cfg)
-    if c.mode == "kernels":
-        return _run_kernels(cfg)
     if c.mode == "aggregate":
         return aggregate(c.extra.get("dir") or c.sweep_dir or c.out_dir)
     if c.threads:

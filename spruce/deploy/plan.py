@@ -23,7 +23,8 @@ from torch import nn
 
 from spruce.deploy.compare import DEFAULT_ATOL, DEFAULT_RTOL, mismatch, run_model
 from spruce.deploy.modules import SparseConv2d
-from spruce.deploy.timing import median, steady_allocator, time_ms
+from spruce.perf.allocator import steady_allocator
+from spruce.perf.timing import median, time_ms
 from spruce.kernels.registry import Kernel
 
 MODES = ("sparse", "dense", "auto")

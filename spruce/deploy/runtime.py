@@ -10,7 +10,7 @@ from spruce.deploy.compare import DEFAULT_ATOL, DEFAULT_RTOL, first_tensor, mism
 from spruce.deploy.memory import peak_bytes, reset_peak
 from spruce.deploy.modules import SparseConv2d, SparseLinear
 from spruce.deploy.plan import DENSE, Plan
-from spruce.deploy.timing import median, p90, time_ms
+from spruce.perf.timing import median, p90, time_ms
 from spruce.kernels import get as get_kernel
 
 SPARSE_MODULES = (SparseLinear, SparseConv2d)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from spruce import kernels as registry
-        from spruce.study.machine import load_or_calibrate, profile_path
+        from spruce.perf.calibration import load_or_calibrate, profile_path
         if a.threads:
             torch.set_num_threads(a.threads)
         load_or_calibrate(registry.kernels(device="cpu"), recalibrate=a.recalibrate, progress=not a.no_progress)

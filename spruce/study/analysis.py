@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from spruce.study import perf_model
+from spruce.perf import model as perf_model
 from spruce.study.crossover import Crossover, find_crossover, within
-from spruce.study.profile import MachineProfile
+from spruce.perf.profile import MachineProfile
 from spruce.study.sources import REAL_KINDS
 from spruce.study.sweep import as_float
 

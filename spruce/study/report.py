@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from spruce.study import analysis, plots
-from spruce.study.profile import MachineProfile
+from spruce.perf.profile import MachineProfile
 
 REPORT_FILES = ("report.md", "rows.csv", "crossovers.csv", "winners.csv", "amortisation.csv", "memory.csv",
                 "real_vs_synthetic.csv", "h100.csv", "summary.json", "machine.json", "speedup_curves.png",

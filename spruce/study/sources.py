@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from spruce.study.matrices import smtx_weight, synthetic_weight, twin
+from spruce.perf.matrices import smtx_weight, synthetic_weight, twin
 from spruce.study.shapes import LayerShape
 
 #: kinds that are real pruned topologies (the others are synthetic).

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from spruce.study import config as study_config
-from spruce.study.machine import load_or_calibrate
-from spruce.study.profile import h100_profile
+from spruce.perf.calibration import load_or_calibrate
+from spruce.perf.profile import h100_profile
 from spruce.study.report import build_report
 from spruce.study.shapes import model_shapes, shapes_from_config
 from spruce.study.sources import ckpt_cases, default_dlmc_dir, dlmc_cases, shape_cases
@@ -109,7 +109,7 @@ def rerender(report_dir: str | Path, recalibrate: bool = False) -> Path:
     import csv
 
     from spruce import kernels as registry
-    from spruce.study import perf_model
+    from spruce.perf import model as perf_model
 
     out = Path(report_dir)
     if not (out / "rows.csv").is_file() or not (out / "config.json").is_file():

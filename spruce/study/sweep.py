@@ -21,12 +21,12 @@ from typing import Any, Iterable
 
 import torch
 
-from spruce.deploy.timing import steady_allocator
-from spruce.study import perf_model
-from spruce.study.matrices import nonempty_blocks, row_cov
-from spruce.study.profile import MachineProfile
+from spruce.perf.allocator import steady_allocator
+from spruce.perf import model as perf_model
+from spruce.perf.matrices import nonempty_blocks, row_cov
+from spruce.perf.profile import MachineProfile
 from spruce.study.sources import Case
-from spruce.study.timing import time_call, time_pair
+from spruce.perf.timing import time_call, time_pair
 
 COLUMNS = ["source", "model", "layer", "m", "k", "n", "batch", "kind", "group", "sparsity_target", "sparsity",
            "nnz", "row_cov", "kernel", "format", "status", "error", "time_ms", "dense_ms", "speedup_median",

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import re
 
-from spruce.study.profile import MachineProfile
+from spruce.perf.profile import MachineProfile
 
 FP32 = 4
 #: index bytes of kernels that do not use int32 (torch COO stores int64 indices; spruce_csr and spruce_bsr4x1

@@ -1,12 +1,64 @@
-"""Wall-clock timing of one call: warm-up, then a median over repeats within a time budget.
+"""Wall-clock timing helpers shared by deploy's planner/runtime and the study.
 
-Calibration uses the minimum instead (the least disturbed call on a shared machine); the sweep reports medians.
+Two shapes of result, each with its unit in the name of what it returns:
+
+* ``time_ms(fn, repeats, ...)`` -> every timed run in **milliseconds** (deploy: ``median``/``p90`` of them);
+* ``time_call(fn, ...)`` -> ``(median or min seconds, calls)`` and ``time_pair(ref, fn, ...)`` -> interleaved
+  reference/candidate **seconds** (calibration and the study sweep). Calibration uses the minimum (the least
+  disturbed call on a shared machine); the sweep reports medians.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def _sync(device: str) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 1, device: str = "cpu",
+            budget_s: float | None = None) -> list[float]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; return each timed run in milliseconds.
+
+    ``budget_s``: stop repeating once the timed runs took this long (at least one run is always timed), so slow
+    candidates on big layers do not dominate planning.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append((time.perf_counter() - t0) * 1e3)
+            if budget_s is not None and sum(out) > budget_s * 1e3:
+                break
+    return out
+
+
+def median(xs: list[float]) -> float:
+    """Median of a non-empty list (ms in, ms out)."""
+    return float(statistics.median(xs))
+
+
+def p90(xs: list[float]) -> float:
+    """90th percentile (nearest-rank) of a non-empty list."""
+    s = sorted(xs)
+    idx = max(0, min(len(s) - 1, math.ceil(0.9 * len(s)) - 1))
+    return float(s[idx])
 
 
 def time_call(fn: Callable[[], Any], repeats: int = 5, budget_s: float = 1.0, warmup: int = 1,

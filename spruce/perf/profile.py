@@ -154,28 +154,6 @@ class MachineProfile:
         return cls(**d)
 
 
-def cpu_profile() -> MachineProfile:
-    """This machine's cached profile (for the current torch thread count); never measures anything.
-
-    deploy's planner finds it as ``spruce.study.profile.cpu_profile``. ValueError when this machine was never
-    calibrated (``python -m spruce.study --calibrate``; a study run calibrates too). Kernels calibrated after
-    the profile was written fall back to their format's / the default constants.
-    """
-    import json
-
-    from spruce.study.machine import profile_path
-
-    path = profile_path()
-    if not path.is_file():
-        raise ValueError(f"no machine profile at {path}; run `python -m spruce.study --calibrate` first")
-    return MachineProfile.from_dict(json.loads(path.read_text()))
-
-
-def cuda_profile() -> MachineProfile:
-    """The H100 data-sheet profile (predictions only; kernel constants fall back to per-format assumptions)."""
-    return h100_profile()
-
-
 def h100_profile() -> MachineProfile:
     """An NVIDIA H100 SXM5 80 GB from the data sheet, for predictions only (nothing here was measured).
 

@@ -38,11 +38,11 @@ from typing import Iterable
 
 import torch
 
-from spruce.deploy.timing import steady_allocator
-from spruce.study import perf_model
-from spruce.study.matrices import synthetic_weight
-from spruce.study.profile import MachineProfile, read_efficiency
-from spruce.study.timing import time_call, time_pair
+from spruce.perf.allocator import steady_allocator
+from spruce.perf import model as perf_model
+from spruce.perf.matrices import synthetic_weight
+from spruce.perf.profile import MachineProfile, read_efficiency
+from spruce.perf.timing import time_call, time_pair
 
 
 def cpu_model() -> str:
@@ -133,9 +133,9 @@ CALIBRATION_PASSES = 3
 PASS_BUDGET_S = 0.35
 #: the memory-bound calibration matrix (N = 1): 128 MB dense, 2.5x the LLC
 GATHER_SHAPE = (4096, 8192)
-#: the sparsity of the sparse gather measurement: 50%, where batch-1 crossovers lie and the packed weight (~100 MB
-#: for CSR) streams from DRAM. At 90% it is ~20 MB and partly stays in the 32 MB LLC between calls, and the
-#: ratio it gave for spruce_csr moved 0.93-1.55x from one full calibration to the next (1.0-1.1x standalone).
+#: the sparsity of the sparse gather measurement: 50%, where batch-1 crossovers lie, so the packed weight streams
+#: from DRAM; at 90% it partly stays in the last-level cache between calls and the measured ratio drifts from
+#: one calibration to the next (numbers: docs/measured/perf-notes.md).
 GATHER_SPARSITY = 0.5
 
 
