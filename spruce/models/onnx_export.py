@@ -1,0 +1,94 @@
+"""A PyTorch model + an example input -> one ONNX file, for peer engines and for users who deploy elsewhere.
+
+Uses PyTorch's TorchScript-based exporter (``dynamo=False``): it needs neither ``onnx`` nor ``onnxscript`` and
+exports VGG-16 and the BERT family as they are. Opset 14 by default: LayerNorm is decomposed into primitive ops
+(fused again by ONNX Runtime and OpenVINO) and DeepSparse 1.8 (onnx<1.15) reads it; attention is exported as
+MatMul/Softmax. The file holds one output, the model's main tensor (``logits`` for BERT classifiers).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+DEFAULT_OPSET = 14
+
+
+def main_output(out: Any) -> torch.Tensor:
+    """The tensor an ONNX export keeps: the output itself, ``logits``/``last_hidden_state``, or the first tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits", "last_hidden_state"):
+        v = getattr(out, key, None)
+        if isinstance(v, torch.Tensor):
+            return v
+    values = list(out.values()) if isinstance(out, dict) else out
+    if isinstance(values, (tuple, list)):
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                return v
+    raise ValueError(f"model output of type {type(out).__name__} holds no tensor to export")
+
+
+class _Positional(nn.Module):
+    """``model(**dict(zip(names, tensors)))`` -> its main tensor: one positional signature for every model."""
+
+    def __init__(self, model: nn.Module, names: list[str] | None) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = self.model(**dict(zip(self.names, xs))) if self.names else self.model(*xs)
+        return main_output(out)
+
+
+def input_arrays(example: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The example input as ``{onnx input name: tensor}`` in graph order: ``{"input": x}`` for an image batch,
+    the dict itself (``input_ids``, ``attention_mask``, ...) for BERT-family models."""
+    if isinstance(example, torch.Tensor):
+        return {"input": example}
+    if isinstance(example, dict) and example and all(isinstance(v, torch.Tensor) for v in example.values()):
+        return dict(example)
+    raise ValueError(f"example input must be a tensor or a dict of tensors, got {type(example).__name__}")
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor], path: str | Path,
+                opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Path:
+    """Write ``model`` (eval mode, CPU copy of its inputs' device) as ONNX to ``path``; returns the path.
+
+    ``example``: an image batch ``[B, 3, H, W]`` (input named ``input``) or a dict of ``[B, S]`` tensors
+    (``input_ids``/``attention_mask``, inputs named after the keys). The output is named ``output``. Shapes are
+    fixed to the example's (what the engines optimise best) unless ``dynamic_batch`` makes dimension 0 free.
+    Atomic: written under a temporary name in the same folder, then renamed, so a reader never sees half a file.
+    ValueError when the exporter fails (the message names the model class and the exporter's reason).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    feeds = input_arrays(example)
+    names = list(feeds)
+    wrapped = _Positional(model, None if isinstance(example, torch.Tensor) else names).eval()
+    dyn = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes: shapes are fixed
+            torch.onnx.export(wrapped, tuple(feeds.values()), str(tmp), input_names=names, output_names=["output"],
+                              opset_version=opset, dynamo=False, do_constant_folding=True, dynamic_axes=dyn)
+        os.replace(tmp, path)
+    except Exception as e:  # the exporter raises many types; one line says which model and why
+        raise ValueError(f"ONNX export of {type(model).__name__} failed: {str(e).splitlines()[0] if str(e) else e!r}"
+                         ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+        model.train(was_training)
+    return path
+
+
+__all__ = ["DEFAULT_OPSET", "export_onnx", "input_arrays", "main_output"]
