@@ -1,6 +1,7 @@
 """Deploy a pruned model on the best kernel per layer and measure it: ``python bench.py deploy=auto ...``.
 
-A thin Hydra wrapper over :func:`spruce.deploy.pipeline.bench` (see ``conf/bench.yaml`` for every option).
+A thin Hydra wrapper: ``mode=deploy`` / ``mode=aggregate`` run :func:`spruce.deploy.pipeline.bench`, ``mode=study``
+runs :func:`spruce.study.run_study` (see ``conf/bench.yaml`` for every option).
 Bad input prints one ``error: ...`` line and exits with status 2, leaving no files behind.
 """
 from __future__ import annotations
@@ -25,12 +26,18 @@ def _plain(cfg: DictConfig) -> dict:
     return d
 
 
+def _study(d: dict) -> dict:
+    from spruce.study import run_study
+    from spruce.study.config import from_bench_mode
+    return {"mode": "study", "path": str(run_study(from_bench_mode(d)))}
+
+
 @hydra.main(config_path="conf", config_name="bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from spruce.deploy.pipeline import bench, remove_if_empty
     d = _plain(cfg)
     try:
-        out = bench(d)
+        out = _study(d) if d.get("mode") == "study" else bench(d)
     except ValueError as e:  # bad options, unavailable kernels, verification failures: one line, no files
         print(f"error: {e}", file=sys.stderr)
         remove_if_empty(d["out_dir"])

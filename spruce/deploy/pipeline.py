@@ -104,19 +104,6 @@ def find_predictor(device: str, predict: str = "auto", threads: int | None = Non
 
 
 # ---- modes other than deploy ---------------------------------------------------------------------------------
-def _run_study(cfg: dict[str, Any]) -> dict[str, Any]:
-    from spruce.study import run_study
-    scfg = dict(cfg.get("study") or {})
-    if scfg.get("model") is None and cfg.get("model_explicit"):
-        scfg["model"] = (cfg.get("model") or {}).get("name")
-    if scfg.get("ckpt") is None and cfg.get("ckpt"):
-        scfg["ckpt"] = cfg["ckpt"]
-        scfg["source"] = "ckpt"
-    if cfg.get("source"):  # `bench.py mode=study source=dlmc` (top-level shorthand for study.source)
-        scfg["source"] = cfg["source"]
-    return {"mode": "study", "path": str(run_study(scfg))}
-
-
 def _fallback_unavailable(the_plan: Plan, device: str, deploy: str, notes: list[str]) -> None:
     """A reused plan naming a kernel that cannot run here: error, or (deploy=auto only) keep that layer dense."""
     from spruce.kernels import get as get_kernel
@@ -160,7 +147,7 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     c = from_dict(cfg)
     if c.mode == "study":
-        return _run_study(cfg)
+        raise ValueError("mode=study is the study's (spruce.study.run_study); bench.py dispatches it there")
     if c.mode == "aggregate":
         return aggregate(c.extra.get("dir") or c.sweep_dir or c.out_dir)
     if c.threads:

@@ -51,6 +51,21 @@ def from_bench(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def from_bench_mode(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The study config of ``bench.py mode=study ...``: its ``study:`` group, with the model when ``model=`` was
+    given explicitly (``model_explicit``), ``ckpt`` (implies ``source=ckpt``) and the top-level ``source``
+    shorthand over it."""
+    scfg = dict(cfg.get("study") or {})
+    if scfg.get("model") is None and cfg.get("model_explicit"):
+        scfg["model"] = (cfg.get("model") or {}).get("name")
+    if scfg.get("ckpt") is None and cfg.get("ckpt"):
+        scfg["ckpt"] = cfg["ckpt"]
+        scfg["source"] = "ckpt"
+    if cfg.get("source"):  # `bench.py mode=study source=dlmc` (top-level shorthand for study.source)
+        scfg["source"] = cfg["source"]
+    return scfg
+
+
 def resolve(cfg: dict[str, Any] | None) -> dict[str, Any]:
     """Merge ``cfg`` over the defaults and validate; ValueError with one line naming a bad key or value.
 
