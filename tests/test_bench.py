@@ -173,13 +173,14 @@ def test_entry_script_multirun_sweep(tmp_path) -> None:
 
 
 def test_crossover_and_rows_round_trip(tmp_path) -> None:
-    from spruce.deploy.report import ROW_KEYS, crossover, rows_csv, write_atomic
+    from spruce.deploy.report import ROW_KEYS, crossover, rows_csv
+    from spruce.io import atomic_write
     assert crossover([0.5, 0.7, 0.9], [0.5, 0.8, 1.2]) == pytest.approx(0.8)
     assert crossover([0.5, 0.9], [0.5, 0.9]) is None
     assert crossover([0.5, 0.9], [1.5, 2.0]) is None  # already faster at the lowest sparsity
     row = {k: None for k in ROW_KEYS} | {"model": "vgg16", "sparsity": 0.9, "speedup": float("inf"),
                                           "input": "1x3x224x224", "layers_sparse": 14, "init": "random-init weights"}
-    write_atomic(tmp_path / "rows.csv", rows_csv([row], ROW_KEYS))
+    atomic_write(tmp_path / "rows.csv", rows_csv([row], ROW_KEYS))
     back = read_rows(tmp_path / "rows.csv")[0]
     assert back["model"] == "vgg16" and back["sparsity"] == 0.9 and back["speedup"] == float("inf")
     assert back["input"] == "1x3x224x224" and back["layers_sparse"] == 14 and back["accuracy"] is None

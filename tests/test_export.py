@@ -13,6 +13,7 @@ from torch import nn
 
 import export as export_script
 from spruce.sparse import export as ex
+from spruce.sparse import manifest as mf
 from spruce.sparse.files import read_smtx
 from spruce.sparse.formats import csr_structure
 
@@ -74,7 +75,7 @@ def _bits(t):
 @pytest.mark.parametrize("fmt", [None, "npz", "mtx"])
 def test_round_trip_values_exact(exported, fmt):
     out, weights = exported
-    back = ex.read_export(out, fmt)
+    back = mf.read_export(out, fmt)
     assert set(back) == set(weights)
     for name, w in weights.items():
         assert back[name].shape == w.shape
@@ -83,7 +84,7 @@ def test_round_trip_values_exact(exported, fmt):
 
 def test_round_trip_smtx_structure(exported):
     out, weights = exported
-    manifest = ex.read_manifest(out)
+    manifest = mf.read_manifest(out)
     for entry in manifest["layers"]:
         csr = read_smtx(out / entry["files"]["smtx"])
         w = weights[entry["name"]].reshape(entry["shape"])
@@ -92,12 +93,12 @@ def test_round_trip_smtx_structure(exported):
             expect.view(-1)[0] = True
         assert torch.equal(csr_structure(csr), expect), entry["name"]
     with pytest.raises(ValueError, match="structure"):
-        ex.read_export(out, "smtx")
+        mf.read_export(out, "smtx")
 
 
 def test_mtx_files_load_with_scipy(exported):
     out, weights = exported
-    for entry in ex.read_manifest(out)["layers"]:
+    for entry in mf.read_manifest(out)["layers"]:
         m = scipy.io.mmread(out / entry["files"]["mtx"])
         dense = torch.from_numpy(np.asarray(m.toarray(), dtype=np.float32))
         assert torch.equal(dense, weights[entry["name"]].reshape(entry["shape"]))
@@ -123,14 +124,14 @@ def test_manifest_describes_every_layer(exported):
 
 def test_twins_match_shape_and_nnz(exported):
     out, _ = exported
-    manifest = ex.read_manifest(out)
+    manifest = mf.read_manifest(out)
     real = {e["name"]: e for e in manifest["layers"]}
     twins = manifest["synthetic"]
     assert len(twins) == 3 * 4  # 3 pruned layers x 4 kinds; the dense layer gets none
     for t in twins:
         r = real[t["twin_of"]]
         assert t["shape"] == r["shape"] and t["nnz"] == r["nnz"] and 0 <= t["ks_rows_vs_real"] <= 1
-        csr = ex.read_entry_csr(out, t)
+        csr = mf.read_entry_csr(out, t)
         assert csr.nnz == r["nnz"]
     balanced = [t for t in twins if t["generator"] == "balanced"]
     assert all(t["stats"]["row_max_over_mean"] <= 1 + 1 / t["stats"]["row_mean"] + 1e-9 for t in balanced)
@@ -159,16 +160,16 @@ def test_unmasked_nonzero_is_kept_and_counted(tmp_path):
     weights = make_checkpoint(tmp_path / "a.ckpt", unmasked_nonzero=True)
     out = ex.export_checkpoint(tmp_path / "a.ckpt", tmp_path / "o", formats=["npz"], kinds=[], report=False,
                                progress=False)
-    entry = {e["name"]: e for e in ex.read_manifest(out)["layers"]}["5"]
+    entry = {e["name"]: e for e in mf.read_manifest(out)["layers"]}["5"]
     assert entry["unmasked_nonzeros"] == 1
-    assert torch.equal(ex.read_export(out)["5"], weights["5"])
+    assert torch.equal(mf.read_export(out)["5"], weights["5"])
 
 
 def test_checkpoint_without_metadata_is_inferred(tmp_path):
     weights = make_checkpoint(tmp_path / "a.ckpt", layers_meta=False)
     out = ex.export_checkpoint(tmp_path / "a.ckpt", tmp_path / "o", formats=["npz"], kinds=[], report=False,
                                progress=False)
-    back = ex.read_export(out)
+    back = mf.read_export(out)
     assert set(back) == set(weights) and all(torch.equal(back[n], weights[n]) for n in weights)
 
 
@@ -203,14 +204,14 @@ def test_default_out_names():
 def test_synthetic_only_named_shapes(tmp_path):
     out = ex.export_synthetic(tmp_path / "syn", ["bert_base_layer"], [0.9], kinds=["uniform", "magnitude"],
                               formats=["smtx", "npz"], seed=0, report=True, dlmc=None, progress=False)
-    manifest = ex.read_manifest(out)
+    manifest = mf.read_manifest(out)
     entries = manifest["synthetic"]
     assert len(entries) == 3 * 2  # 3 distinct shapes (q/k/v/o merged) x 2 kinds
     counts = sorted(e["count"] for e in entries if e["generator"] == "uniform")
     assert counts == [1, 1, 4]
     e = entries[0]
     assert e["files"]["smtx"] == "synthetic/bert_base_layer/uniform/0.9/encoder.layer.0.attention.self.query.smtx"
-    csr = ex.read_entry_csr(out, e)
+    csr = mf.read_entry_csr(out, e)
     assert csr.nnz == e["nnz"] == int(768 * 768 * 0.1)
     assert "bert_base_layer (synthetic)" in (out / "report.md").read_text()
     with pytest.raises(ValueError, match="row_matched"):
@@ -307,12 +308,12 @@ def test_entry_script_subprocess(tmp_path, good_ckpt):
 
 def test_twins_for_manifest_reproduces_written_twins(exported):
     out, _ = exported
-    manifest = ex.read_manifest(out)
+    manifest = mf.read_manifest(out)
     twins = ex.twins_for_manifest(manifest, ["uniform", "row_matched"], export_dir=out)
     assert set(twins) == {(n, k) for n in ("2", "4", "5") for k in ("uniform", "row_matched")}
     written = {t["name"]: t for t in manifest["synthetic"]}
     for (layer, kind), csr in twins.items():
-        back = ex.read_entry_csr(out, written[f"{kind}:{layer}"], "npz")
+        back = mf.read_entry_csr(out, written[f"{kind}:{layer}"], "npz")
         assert torch.equal(back.indices, csr.indices) and torch.equal(back.values, csr.values)
     with pytest.raises(ValueError, match="export_dir"):
         ex.twins_for_manifest(manifest, ["row_matched"])

@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from spruce import perf
+from spruce.io import atomic_write
 from spruce.deploy.accuracy import accuracy, eval_loader
 from spruce.deploy.candidates import resolve_candidates
 from spruce.deploy.config import BenchConfig, from_dict
 from spruce.deploy.plan import DENSE, Plan, plan
 from spruce.deploy.report import (LAYER_KEYS, ROW_KEYS, layer_rows, markdown_table, plot_layers, plot_sweep,
-                                  read_rows, rows_csv, run_summary, write_atomic)
+                                  read_rows, rows_csv, run_summary)
 from spruce.deploy.runtime import (convert_, layer_weight_bytes, measure, reference_outputs, verify_against,
                                    weight_bytes_by_format)
 
@@ -133,7 +134,7 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
     plots = plot_sweep(rows, sweep_dir)
     md = "# bench sweep\n\n" + markdown_table(rows) + "\n" + "".join(
         f"![{k}]({p.name})\n" for k, p in plots.items())
-    write_atomic(sweep_dir / "summary.md", md)
+    atomic_write(sweep_dir / "summary.md", md)
     return {"mode": "aggregate", "rows": len(rows), "plots": {k: str(p) for k, p in plots.items()},
             "summary": str(sweep_dir / "summary.md")}
 
@@ -239,13 +240,13 @@ def write_report(c: BenchConfig, cfg: dict[str, Any], row: dict[str, Any], the_p
     name = f"{row['model']}-{c.deploy}-s{sp_label}" + ("-random-init" if row["init"].startswith("random") else "")
     paths: dict[str, str] = {"plan": str(the_plan.save(out / "plan.json"))}
     lrows = layer_rows(the_plan.layers)
-    write_atomic(out / "layers.csv", rows_csv(lrows, LAYER_KEYS))
-    write_atomic(out / "rows.csv", rows_csv([row], ROW_KEYS))
-    write_atomic(out / "result.json", json.dumps({"row": row, "notes": notes}, indent=1, default=str))
+    atomic_write(out / "layers.csv", rows_csv(lrows, LAYER_KEYS))
+    atomic_write(out / "rows.csv", rows_csv([row], ROW_KEYS))
+    atomic_write(out / "result.json", json.dumps({"row": row, "notes": notes}, indent=1, default=str))
     images: dict[str, Path] = {}
     if lrows:
         images["layers"] = plot_layers(the_plan.layers, out / "layers.png", f"{name}: per-layer time, dense vs chosen")
-    write_atomic(out / "summary.md", run_summary(row, the_plan.layers, notes)
+    atomic_write(out / "summary.md", run_summary(row, the_plan.layers, notes)
                  + "".join(f"\n![{k}]({p.name})\n" for k, p in images.items()))
     paths.update({"layers_csv": str(out / "layers.csv"), "rows_csv": str(out / "rows.csv"),
                   "summary": str(out / "summary.md"), **{f"png_{k}": str(p) for k, p in images.items()}})
@@ -254,7 +255,7 @@ def write_report(c: BenchConfig, cfg: dict[str, Any], row: dict[str, Any], the_p
         rows_path = sweep / "rows.csv"
         rows = read_rows(rows_path) if rows_path.is_file() else []
         rows.append({k: row.get(k) for k in ROW_KEYS})
-        write_atomic(rows_path, rows_csv(rows, ROW_KEYS))
+        atomic_write(rows_path, rows_csv(rows, ROW_KEYS))
         agg = aggregate(sweep)
         images.update({f"sweep_{k}": Path(p) for k, p in agg["plots"].items()})
         paths["sweep_summary"] = agg["summary"]

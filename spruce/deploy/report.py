@@ -1,6 +1,6 @@
 """Results a person reads: CSV/JSON rows, PNG plots, a short markdown summary; sweeps aggregate their rows.
 
-Files are written to a temp name and renamed, so a crashed run never leaves a half-written report.
+Files are written through ``spruce.io`` (a temp name, then a rename), so a crashed run never leaves a half-written report.
 """
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from spruce.io import write_figure
 
 ROW_KEYS = ("model", "init", "deploy", "objective", "sparsity", "device", "threads", "batch_size", "input",
             "latency_ms_median", "latency_ms_p90", "dense_latency_ms_median", "dense_latency_ms_p90", "speedup",
@@ -22,23 +23,6 @@ ROW_KEYS = ("model", "init", "deploy", "objective", "sparsity", "device", "threa
 LAYER_KEYS = ("layer", "kind", "shape", "sparsity", "kernel", "format", "dense_ms", "measured_ms", "speedup",
               "predicted_ms", "convert_ms", "amortise_inferences", "weight_bytes", "dense_bytes", "skipped",
               "candidates")
-
-
-# ---- atomic writes -------------------------------------------------------------------------------------------
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for people to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _cell(v: Any) -> Any:
@@ -91,10 +75,9 @@ def _plt():
 
 
 def _save_fig(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic = write_figure(path, fig, dpi=110, bbox_inches="tight")
     _plt().close(fig)
-    return write_atomic(path, buf.getvalue())
+    return atomic
 
 
 def plot_layers(plan_layers: dict[str, dict[str, Any]], path: Path, title: str) -> Path:

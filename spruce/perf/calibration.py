@@ -39,6 +39,7 @@ from typing import Iterable
 import torch
 
 from spruce.perf.allocator import steady_allocator
+from spruce import io
 from spruce.perf import model as perf_model
 from spruce.perf.matrices import synthetic_weight
 from spruce.perf.profile import MachineProfile, read_efficiency
@@ -311,13 +312,6 @@ def calibrate(kernels: Iterable, base: MachineProfile | None = None, progress: b
     return base
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    tmp.replace(path)
-
-
 def load_or_calibrate(kernels: Iterable, recalibrate: bool = False, path: Path | None = None,
                       progress: bool = True) -> MachineProfile:
     """The cached profile for this machine, calibrating (and caching) whatever is missing."""
@@ -332,5 +326,5 @@ def load_or_calibrate(kernels: Iterable, recalibrate: bool = False, path: Path |
     before = None if base is None else json.dumps(base.to_dict(), sort_keys=True)
     prof = calibrate(kernels, base, progress)
     if json.dumps(prof.to_dict(), sort_keys=True) != before:
-        _write_json(path, prof.to_dict())
+        io.write_json(path, prof.to_dict(), sort_keys=True)
     return prof

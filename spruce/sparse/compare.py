@@ -15,16 +15,16 @@ adds a column to every table, where ``id`` is a row's ``id`` (``report_rows`` re
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from spruce.sparse.files import atomic_write_bytes, read_smtx
+from spruce import io
+from spruce.sparse.files import read_smtx
 from spruce.sparse.formats import CSR
+from spruce.sparse.manifest import read_entry_csr, read_manifest
 from spruce.sparse.stats import matrix_stats, row_densities, row_length_ks
 from spruce.sparse.synthetic import KINDS, derive_seed, generate
 
@@ -40,23 +40,9 @@ BAR_KEYS = ("conform_2of4", "blk_1x4_fill", "blk_4x1_fill", "blk_16x16_nonempty"
             "blk_32x32_nonempty")
 
 
-def _fmt(v: object, spec: str) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "-"
-    if spec == "s" or isinstance(v, str):
-        return str(v)
-    if spec == "d":
-        return str(int(v))
-    return format(float(v), spec)
-
-
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
     """A GitHub markdown table of ``rows`` (dicts with top-level keys or a nested ``stats`` dict)."""
-    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        cells = [_fmt(r.get(key, r.get("stats", {}).get(key)), spec) for _, key, spec in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return io.markdown_table([{**r.get("stats", {}), **r} for r in rows], columns)
 
 
 # ---- rows -----------------------------------------------------------------------------------------------
@@ -64,7 +50,6 @@ def export_rows(export_dir: str | Path) -> dict[str, list[dict]]:
     """Rows per model group of an export: real layers followed by their twins (checkpoint exports), or the
     synthetic-only matrices grouped by named model. Each row: ``id, label, source, shape, stats, ks, group``
     (+ ``rows_density`` for the histograms)."""
-    from spruce.sparse.export import read_manifest
 
     root = Path(export_dir)
     manifest = read_manifest(root)
@@ -90,7 +75,6 @@ def export_rows(export_dir: str | Path) -> dict[str, list[dict]]:
 
 
 def _row(entry: dict, rid: str, source: str, root: Path | None, read: dict | None, label: str | None = None) -> dict:
-    from spruce.sparse.export import read_entry_csr
 
     row = {"id": rid, "label": label or entry.get("twin_of") or entry["name"], "source": source,
            "shape": "x".join(map(str, entry["shape"])), "stats": entry["stats"],
@@ -170,13 +154,7 @@ def _bucket_key(bucket: str) -> float:
 
 # ---- plots ----------------------------------------------------------------------------------------------
 def _save_png(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    io.write_figure(path, fig, dpi=110, bbox_inches="tight")
 
 
 def _slug(s: str) -> str:
@@ -292,4 +270,4 @@ def write_report(export_dir: str | Path, dlmc: str | Path | None = None,
             if p is not None:
                 md += [f"![{p.stem}](plots/{p.name})", ""]
         md += ["### Every matrix", "", markdown_table(rows, columns), ""]
-    return atomic_write_bytes(root / "report.md", ("\n".join(md) + "\n").encode())
+    return io.atomic_write(root / "report.md", "\n".join(md) + "\n")

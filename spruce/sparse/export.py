@@ -8,14 +8,7 @@ Export directory (written under a temporary name next to ``out``, renamed into p
     out/synthetic/<model>/<kind>/<sparsity>/<name>.<fmt>  synthetic-only matrices of named shapes (DLMC layout)
     out/report.md, out/plots/*.png                       the comparison report (spruce.sparse.compare)
 
-``manifest.json`` (version 1)::
-
-    {"version": 1, "source": {...}, "formats": [...], "seed": int,
-     "layers":    [{"name", "kind", "original_shape", "shape": [M, K], "nnz", "sparsity", "dtype", "pruned",
-                    "unmasked_nonzeros", "files": {fmt: relative path}, "stats": {...}}],
-     "synthetic": [{"name", "twin_of" (layer name or null), "model" (named shapes or null), "generator",
-                    "seed", "sparsity", "shape", "original_shape", "n_per_sample", "count", "nnz", "dtype",
-                    "files", "stats", "ks_rows_vs_real" (null without a real layer)}]}
+``manifest.json``: schema in ``spruce.sparse.manifest`` (which also reads an export back).
 
 Stored positions of a layer: a pruned layer stores its ``weight_mask`` positions (plus any nonzero outside the
 mask, counted in ``unmasked_nonzeros`` so nothing is lost); a pruned layer without a mask stores its nonzeros;
@@ -24,7 +17,6 @@ only; values come from ``.npz`` (bit-exact) or ``.mtx`` (exact decimal), so ``re
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -36,15 +28,14 @@ import torch
 from tqdm import tqdm
 
 from spruce.sparse.checkpoint import RealLayer, checkpoint_layers, load_checkpoint_file
-from spruce.sparse.files import (FORMATS, atomic_write_bytes, dtype_name, read_mtx, read_npz, read_smtx,
-                                 torch_dtype, write_mtx, write_npz, write_smtx)
-from spruce.sparse.formats import CSR, csr_to_dense, dense_to_csr
+from spruce.sparse.compare import write_report
+from spruce.sparse.files import FORMATS, dtype_name, write_mtx, write_npz, write_smtx
+from spruce.sparse.formats import CSR, dense_to_csr
+from spruce.sparse.manifest import MANIFEST_VERSION, read_entry_csr, write_manifest
 from spruce.sparse.shapes import LayerShape, named_shapes
 from spruce.sparse.stats import matrix_stats, row_length_ks
 from spruce.sparse.synthetic import KINDS, check_kind, check_sparsity, derive_seed, generate
 
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
 
 
 # ---- validation -----------------------------------------------------------------------------------------
@@ -251,7 +242,6 @@ def export_checkpoint(ckpt: str | Path, out: str | Path | None = None, formats: 
                     "formats": formats, "seed": int(seed), "layers": entries, "synthetic": twins}
         write_manifest(tmp, manifest)
         if report:
-            from spruce.sparse.compare import write_report
             write_report(tmp, dlmc=dlmc, progress=progress)
     return out
 
@@ -314,63 +304,5 @@ def export_synthetic(out: str | Path, shapes: Sequence[str], sparsities: Sequenc
                     "formats": formats, "seed": int(seed), "layers": [], "synthetic": entries}
         write_manifest(tmp, manifest)
         if report:
-            from spruce.sparse.compare import write_report
             write_report(tmp, dlmc=dlmc, progress=progress)
     return Path(out)
-
-
-# ---- manifest and reading back --------------------------------------------------------------------------
-def write_manifest(out: Path, manifest: dict) -> Path:
-    return atomic_write_bytes(Path(out) / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
-
-
-def read_manifest(export_dir: str | Path) -> dict:
-    """The parsed ``manifest.json`` of an export; ValueError when missing, malformed or of another version."""
-    path = Path(export_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
-        raise ValueError(f"{path}: not a version-{MANIFEST_VERSION} Spruce export manifest")
-    return manifest
-
-
-def read_entry_csr(export_dir: str | Path, entry: dict, fmt: str | None = None) -> CSR:
-    """The CSR of one manifest entry (layer or synthetic), from ``fmt`` or the best file present
-    (npz, then mtx, then smtx with values 1.0). Checks shape and nnz against the manifest."""
-    root = Path(export_dir)
-    files = entry.get("files", {})
-    order = [fmt] if fmt else [f for f in ("npz", "mtx", "smtx") if f in files]
-    if not order or order[0] not in files:
-        raise ValueError(f"{entry.get('name')!r}: no {fmt or 'readable'} file in the export (has {sorted(files)})")
-    f = order[0]
-    dtype = torch_dtype(entry.get("dtype", "float32"))
-    if f == "npz":
-        csr, _ = read_npz(root / files[f])
-    elif f == "mtx":
-        csr = read_mtx(root / files[f], dtype=dtype)
-    else:
-        csr = read_smtx(root / files[f], dtype=dtype)
-    if list(csr.shape) != list(entry["shape"]) or csr.nnz != entry["nnz"]:
-        raise ValueError(f"{entry['name']!r}: file {files[f]} holds {list(csr.shape)} nnz={csr.nnz}, manifest says "
-                         f"{entry['shape']} nnz={entry['nnz']}")
-    return csr
-
-
-def read_export(export_dir: str | Path, fmt: str | None = None) -> dict[str, torch.Tensor]:
-    """``{layer name: dense weight in its original shape}`` for the real layers of an export.
-
-    ``fmt`` None picks npz, else mtx (both exact). ``fmt="smtx"`` is refused: it holds no values.
-    """
-    if fmt == "smtx":
-        raise ValueError("fmt='smtx' holds only the structure; read values from 'npz' or 'mtx'")
-    manifest = read_manifest(export_dir)
-    out = {}
-    for entry in manifest["layers"]:
-        if fmt is None and not {"npz", "mtx"} & set(entry.get("files", {})):
-            raise ValueError(f"{entry['name']!r}: the export has no values (only {sorted(entry.get('files', {}))}); "
-                             "export with formats including npz or mtx")
-        csr = read_entry_csr(export_dir, entry, fmt)
-        out[entry["name"]] = csr_to_dense(csr).reshape(entry["original_shape"])
-    return out

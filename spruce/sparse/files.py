@@ -1,7 +1,7 @@
 """Sparse matrix files: ``.smtx`` (DLMC), ``.mtx`` (Matrix Market) and ``.npz`` (CSR, bit-exact values).
 
-``.smtx`` -- the Deep Learning Matrix Collection's text format, topology only (byte-compatible with the files
-in ``/work/shared/dlmc``)::
+``.smtx`` -- the Deep Learning Matrix Collection's text format, topology only (byte-compatible with DLMC's own
+files; ``spruce.sparse.dlmc`` finds the sample)::
 
     M, K, nnz\\n
     o_0 o_1 ... o_M \\n          (M+1 row offsets, each followed by one space)
@@ -20,14 +20,13 @@ Every writer writes a temporary file in the target directory and renames it into
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from spruce.io import atomic_write
 from spruce.sparse.formats import CSR, INDEX_DTYPE
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -50,20 +49,6 @@ def torch_dtype(name: str) -> torch.dtype:
     return _TORCH_DTYPES[name]
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and an atomic rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _ints_text(a: np.ndarray) -> str:
     """``"a0 a1 ... an "`` -- every number followed by one space, as DLMC writes them."""
     if a.size == 0:
@@ -81,7 +66,7 @@ def smtx_bytes(csr: CSR) -> bytes:
 
 def write_smtx(path: str | Path, csr: CSR) -> Path:
     """Write the structure of ``csr`` as a DLMC ``.smtx`` file (atomic)."""
-    return atomic_write_bytes(path, smtx_bytes(csr))
+    return atomic_write(path, smtx_bytes(csr))
 
 
 def _parse_ints(text: str, what: str, path: Path) -> np.ndarray:
@@ -168,7 +153,7 @@ def mtx_bytes(csr: CSR, comment: str | None = None) -> bytes:
 
 def write_mtx(path: str | Path, csr: CSR, comment: str | None = None) -> Path:
     """Write ``csr`` as a Matrix Market coordinate file (atomic)."""
-    return atomic_write_bytes(path, mtx_bytes(csr, comment))
+    return atomic_write(path, mtx_bytes(csr, comment))
 
 
 def read_mtx(path: str | Path, dtype: torch.dtype = torch.float32) -> CSR:
@@ -242,7 +227,7 @@ def write_npz(path: str | Path, csr: CSR, original_shape: tuple[int, ...] | None
              values_bits=bits, dtype=np.array(name), shape=np.array(csr.shape, dtype=np.int64),
              original_shape=np.array(original_shape if original_shape is not None else csr.shape,
                                      dtype=np.int64))
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write(path, buf.getvalue())
 
 
 def read_npz(path: str | Path) -> tuple[CSR, tuple[int, ...]]:

@@ -3,7 +3,6 @@ writes it, with a "no data" note when its table is empty, so a report always has
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -13,15 +12,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from spruce import io  # noqa: E402
 from spruce.study.analysis import BEST, t_ms  # noqa: E402
 from spruce.study.sweep import as_float  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    io.write_figure(path, fig, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

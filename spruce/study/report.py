@@ -8,15 +8,13 @@ Files (all always written, even when a section has no data):
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from spruce import io
 from spruce.study import analysis, plots
 from spruce.perf.profile import MachineProfile
 
@@ -25,48 +23,17 @@ REPORT_FILES = ("report.md", "rows.csv", "crossovers.csv", "winners.csv", "amort
                 "winners.png", "amortisation.png", "real_vs_synthetic.png", "model_vs_measured.png", "h100.png")
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_csv(table: list[dict[str, Any]], path: Path, columns: list[str] | None = None) -> Path:
-    """A list of dicts as CSV (header from ``columns`` or the first row; temp name then rename)."""
-    cols = columns or (list(table[0]) if table else ["empty"])
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in table:
-            w.writerow({c: _fmt_csv(r.get(c)) for c in cols})
-    tmp.replace(path)
-    return path
-
-
-def _fmt_csv(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, float) and math.isinf(v):
-        return "inf"
-    return v
+    """A list of dicts as CSV (header from ``columns`` or the first row), written atomically."""
+    return io.write_csv(path, table, columns or (list(table[0]) if table else ["empty"]))
 
 
 def md_table(table: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
-    """A markdown table of ``cols`` = ``[(key, header), ...]`` (floats to 3 significant digits)."""
+    """A markdown table of ``cols`` = ``[(key, header), ...]`` (``spruce.io.markdown_table``: floats to 3
+    significant digits, missing values as ``-``)."""
     if not table:
         return "_no data in this run_\n"
-    head = "| " + " | ".join(h for _, h in cols) + " |\n|" + "---|" * len(cols) + "\n"
-    lines = []
-    for r in table:
-        cells = []
-        for k, _ in cols:
-            v = r.get(k)
-            if isinstance(v, float):
-                v = "inf" if math.isinf(v) else ("" if math.isnan(v) else f"{v:.3g}")
-            cells.append("" if v is None else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
+    return io.markdown_table(table, [(h, k, "") for k, h in cols]) + "\n"
 
 
 def _pct(a: int, b: int) -> str:
@@ -214,7 +181,7 @@ def build_report(rows: list[dict[str, Any]], out: Path, profile: MachineProfile,
     write_csv(mem, out / "memory.csv")
     write_csv(rvs, out / "real_vs_synthetic.csv")
     write_csv(h, out / "h100.csv")
-    _write_text(out / "machine.json", json.dumps({"measured": profile.to_dict(), "h100": h100.to_dict()}, indent=1))
+    io.write_json(out / "machine.json", {"measured": profile.to_dict(), "h100": h100.to_dict()})
     plots.speedup_curves(cv, xt, out / "speedup_curves.png")
     plots.winner_heatmap(win, out / "winners.png")
     plots.amortisation_curves(amort, out / "amortisation.png")
@@ -229,7 +196,7 @@ def build_report(rows: list[dict[str, Any]], out: Path, profile: MachineProfile,
                "within_5_pairs": sum(bool(r["within_5"]) for r in xt if r["kernel"] != analysis.BEST),
                "pairs": sum(1 for r in xt if r["kernel"] != analysis.BEST), "time_error": terr,
                "primary_kinds": kinds, "machine": profile.name, "command": command}
-    _write_text(out / "summary.json", json.dumps(summary, indent=1))
+    io.write_json(out / "summary.json", summary)
 
     def section(title: str, finds: list[str], body: str) -> str:
         return f"## {title}\n\n" + "".join(f"- {f}\n" for f in finds) + "\n" + body + "\n"
@@ -273,5 +240,5 @@ def build_report(rows: list[dict[str, Any]], out: Path, profile: MachineProfile,
                       "constants are assumptions (see `machine.json`).\n\n![h100](h100.png)\n\n" + md_table(
                           h, [("shape", "shape"), ("kernel", "kernel"), ("dense_path", "vs dense"),
                               ("label", "crossover"), ("speedup_at_90", "speedup at 90%")])))
-    _write_text(out / "report.md", "\n".join(md))
+    io.atomic_write(out / "report.md", "\n".join(md))
     return summary

@@ -11,16 +11,15 @@ gives a wrong answer is recorded with ``status`` ``failed`` / ``wrong`` and its 
 """
 from __future__ import annotations
 
-import csv
 import gc
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
+from spruce import io
 from spruce.perf.allocator import steady_allocator
 from spruce.perf import model as perf_model
 from spruce.perf.matrices import nonempty_blocks, row_cov
@@ -44,10 +43,6 @@ def _verify(y: torch.Tensor, ref: torch.Tensor) -> str:
     err = float((y.to(torch.float64) - ref.to(torch.float64)).abs().max())
     tol = 1e-3 * float(ref.abs().max()) + 1e-5
     return "" if err <= tol else f"max abs error {err:.3g} > tolerance {tol:.3g}"
-
-
-def _first_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
 
 
 #: a kernel this many times slower than dense at some sparsity is not timed at lower sparsities of the same
@@ -114,7 +109,7 @@ def run_case(case: Case, kernels: list, dense_kernel, repeats: int, budget_s: fl
         except Exception as e:  # a failing kernel is a result: recorded, not raised
             for n, b in zip(case.ns, batches):
                 rows.append(dict(base, n=n, batch=b, kernel=kn.name, format=kn.format, status="failed",
-                                 error="prepare: " + _first_line(e), time_ms="", dense_ms=dense_ms[n], speedup="",
+                                 error="prepare: " + io.first_line(e, 300, with_type=True), time_ms="", dense_ms=dense_ms[n], speedup="",
                                  weight_bytes="", convert_ms="", calls=0, predicted_ms="", predicted_dense_ms="",
                                  nblocks=nb if nb is not None else ""))
             continue
@@ -146,7 +141,7 @@ def run_case(case: Case, kernels: list, dense_kernel, repeats: int, budget_s: fl
                     if tp["ratio_min"] < 1.0 / HOPELESS:
                         hopeless[hkey] = min(hopeless.get(hkey, 1.0), case.sparsity)
             except Exception as e:  # recorded as failed
-                row.update(status="failed", error=_first_line(e), time_ms="", speedup="", calls=0)
+                row.update(status="failed", error=io.first_line(e, 300, with_type=True), time_ms="", speedup="", calls=0)
             rows.append(row)
         del packed
         gc.collect()
@@ -155,17 +150,8 @@ def run_case(case: Case, kernels: list, dense_kernel, repeats: int, budget_s: fl
 
 
 def write_rows(rows: Iterable[dict[str, Any]], path: Path) -> Path:
-    """Write rows to ``path`` as CSV (temp name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        wr.writeheader()
-        for r in rows:
-            wr.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in COLUMNS})
-    tmp.replace(path)
-    return path
+    """Write rows to ``path`` as CSV (``COLUMNS``), atomically."""
+    return io.write_csv(path, rows, COLUMNS)
 
 
 def run_sweep(cases: list[Case], kernels: list, dense_kernel, repeats: int = 3, budget_s: float = 1.0,
