@@ -13,7 +13,8 @@ Command line::
 
 ``in.npz`` holds the model's inputs under their ONNX input names, in the graph's input order (batch 1). The worker
 loads and compiles the model, runs it ``warmup`` times untimed and ``repeats`` times timed (wall clock around the
-engine's synchronous run call), writes the first output to ``out.npz`` (key ``output``) and prints one JSON line:
+engine's synchronous run call), writes every output to ``out.npz`` (keys ``arr_0``, ``arr_1``, ... in the graph's
+output order) and prints one JSON line:
 ``{"engine", "version", "median_ms", "p90_ms", "times_ms", "load_ms", "threads", "detail"}``.
 Exit status: 0 ok, 3 engine not installed (the JSON line says why), anything else a failure (stderr says why).
 """
@@ -31,7 +32,7 @@ from typing import Any, Callable
 ENGINES = ("onnxruntime", "deepsparse", "openvino")
 EXIT_NOT_INSTALLED = 3
 
-Runner = Callable[[dict[str, Any]], Any]
+Runner = Callable[[dict[str, Any]], list[Any]]  # feeds by input name -> every output, graph order
 
 
 class NotInstalled(Exception):
@@ -66,8 +67,7 @@ def _onnxruntime(path: str, threads: int, names: list[str]) -> tuple[Runner, str
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    out = sess.get_outputs()[0].name
-    return (lambda feeds: sess.run([out], feeds)[0]), "CPUExecutionProvider, graph optimisation ORT_ENABLE_ALL"
+    return (lambda feeds: sess.run(None, feeds)), "CPUExecutionProvider, graph optimisation ORT_ENABLE_ALL"
 
 
 def _openvino(path: str, threads: int, names: list[str]) -> tuple[Runner, str]:
@@ -77,10 +77,11 @@ def _openvino(path: str, threads: int, names: list[str]) -> tuple[Runner, str]:
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     compiled = core.compile_model(path, "CPU", config)
     req = compiled.create_infer_request()
+    n_out = len(compiled.outputs)
 
     def run(feeds: dict[str, Any]) -> Any:
         req.infer(feeds)
-        return req.get_output_tensor(0).data
+        return [req.get_output_tensor(i).data for i in range(n_out)]
     return run, "CPU plugin, PERFORMANCE_HINT=LATENCY, INFERENCE_PRECISION_HINT=f32"
 
 
@@ -89,7 +90,7 @@ def _deepsparse(path: str, threads: int, names: list[str]) -> tuple[Runner, str]
     engine = ds.compile_model(path, batch_size=1, num_cores=threads)
 
     def run(feeds: dict[str, Any]) -> Any:
-        return engine.run([feeds[n] for n in names])[0]
+        return engine.run([feeds[n] for n in names])
     detail = "num_cores=%d" % threads
     cpu = getattr(getattr(ds, "cpu", None), "cpu_architecture", None)
     if cpu is not None:
@@ -113,7 +114,7 @@ def p90(xs: list[float]) -> float:
 
 def time_engine(engine: str, model: str, inputs: str, out: str, threads: int, repeats: int, warmup: int
                 ) -> dict[str, Any]:
-    """Load ``model`` in ``engine``, time it on the arrays of ``inputs`` (.npz), save its first output to ``out``."""
+    """Load ``model`` in ``engine``, time it on the arrays of ``inputs`` (.npz), save its outputs to ``out``."""
     import numpy as np
     if engine not in BUILDERS:
         raise ValueError(f"unknown engine {engine!r}; allowed: {', '.join(ENGINES)}")
@@ -124,15 +125,15 @@ def time_engine(engine: str, model: str, inputs: str, out: str, threads: int, re
     t0 = time.perf_counter()
     run, detail = BUILDERS[engine](model, threads, names)
     load_ms = (time.perf_counter() - t0) * 1e3
-    y = None
+    ys: list[Any] = []
     for _ in range(warmup):
-        y = run(feeds)
+        ys = run(feeds)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        y = run(feeds)
+        ys = run(feeds)
         times.append((time.perf_counter() - t) * 1e3)
-    np.savez(out, output=np.array(y, dtype=np.float32, copy=True))
+    np.savez(out, *[np.array(y, dtype=np.float32, copy=True) for y in ys])
     return {"engine": engine, "version": ver, "median_ms": float(statistics.median(times)), "p90_ms": p90(times),
             "times_ms": times, "load_ms": load_ms, "threads": threads, "detail": detail}
 
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", choices=ENGINES)
     ap.add_argument("--model", help="the .onnx file")
     ap.add_argument("--inputs", help=".npz of the inputs under their ONNX names, in input order")
-    ap.add_argument("--out", help=".npz to write the first output to (key 'output')")
+    ap.add_argument("--out", help=".npz to write the outputs to (arr_0, arr_1, ... in graph order)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)

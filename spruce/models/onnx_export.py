@@ -3,7 +3,10 @@
 Uses PyTorch's TorchScript-based exporter (``dynamo=False``): it needs neither ``onnx`` nor ``onnxscript`` and
 exports VGG-16 and the BERT family as they are. Opset 14 by default: LayerNorm is decomposed into primitive ops
 (fused again by ONNX Runtime and OpenVINO) and DeepSparse 1.8 (onnx<1.15) reads it; attention is exported as
-MatMul/Softmax. The file holds one output, the model's main tensor (``logits`` for BERT classifiers).
+MatMul/Softmax. The file holds the model's main tensor (``logits`` for BERT classifiers) as ``output``; with ``hidden=True`` a
+BERT-family export also holds the last hidden state as ``hidden`` (``[B, S, H]``), which makes a much stronger
+output check than a classifier's few logits (a random-init BERT pruned to 90% gives nearly input-independent
+logits).
 """
 from __future__ import annotations
 
@@ -35,16 +38,33 @@ def main_output(out: Any) -> torch.Tensor:
 
 
 class _Positional(nn.Module):
-    """``model(**dict(zip(names, tensors)))`` -> its main tensor: one positional signature for every model."""
+    """``model(**dict(zip(names, tensors)))`` -> its main tensor (and the last hidden state when ``hidden``):
+    one positional signature for every model."""
 
-    def __init__(self, model: nn.Module, names: list[str] | None) -> None:
+    def __init__(self, model: nn.Module, names: list[str] | None, hidden: bool = False) -> None:
         super().__init__()
         self.model = model
         self.names = names
+        self.hidden = hidden
 
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        out = self.model(**dict(zip(self.names, xs))) if self.names else self.model(*xs)
-        return main_output(out)
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if not self.names:
+            return main_output(self.model(*xs))
+        kw = dict(zip(self.names, xs))
+        if not self.hidden:
+            return main_output(self.model(**kw))
+        out = self.model(**kw, output_hidden_states=True)
+        return main_output(out), out.hidden_states[-1]
+
+
+def reference_outputs(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor], hidden: bool = False
+                      ) -> list[torch.Tensor]:
+    """What :func:`export_onnx` with the same ``hidden`` makes the ONNX file output, computed by PyTorch."""
+    feeds = input_arrays(example)
+    wrapped = _Positional(model, None if isinstance(example, torch.Tensor) else list(feeds), hidden)
+    with torch.inference_mode():
+        out = wrapped(*feeds.values())
+    return list(out) if isinstance(out, tuple) else [out]
 
 
 def input_arrays(example: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -58,11 +78,12 @@ def input_arrays(example: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, t
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor], path: str | Path,
-                opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Path:
+                opset: int = DEFAULT_OPSET, dynamic_batch: bool = False, hidden: bool = False) -> Path:
     """Write ``model`` (eval mode, CPU copy of its inputs' device) as ONNX to ``path``; returns the path.
 
     ``example``: an image batch ``[B, 3, H, W]`` (input named ``input``) or a dict of ``[B, S]`` tensors
-    (``input_ids``/``attention_mask``, inputs named after the keys). The output is named ``output``. Shapes are
+    (``input_ids``/``attention_mask``, inputs named after the keys). The output is named ``output`` (plus
+    ``hidden``, the last hidden state, when ``hidden`` and the inputs are a dict). Shapes are
     fixed to the example's (what the engines optimise best) unless ``dynamic_batch`` makes dimension 0 free.
     Atomic: written under a temporary name in the same folder, then renamed, so a reader never sees half a file.
     ValueError when the exporter fails (the message names the model class and the exporter's reason).
@@ -71,15 +92,17 @@ def export_onnx(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor
     path.parent.mkdir(parents=True, exist_ok=True)
     feeds = input_arrays(example)
     names = list(feeds)
-    wrapped = _Positional(model, None if isinstance(example, torch.Tensor) else names).eval()
-    dyn = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
+    hidden = hidden and not isinstance(example, torch.Tensor)
+    wrapped = _Positional(model, None if isinstance(example, torch.Tensor) else names, hidden).eval()
+    outputs = ["output", "hidden"] if hidden else ["output"]
+    dyn = {n: {0: "batch"} for n in [*names, *outputs]} if dynamic_batch else None
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes: shapes are fixed
-            torch.onnx.export(wrapped, tuple(feeds.values()), str(tmp), input_names=names, output_names=["output"],
+            torch.onnx.export(wrapped, tuple(feeds.values()), str(tmp), input_names=names, output_names=outputs,
                               opset_version=opset, dynamo=False, do_constant_folding=True, dynamic_axes=dyn)
         os.replace(tmp, path)
     except Exception as e:  # the exporter raises many types; one line says which model and why
@@ -91,4 +114,4 @@ def export_onnx(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor
     return path
 
 
-__all__ = ["DEFAULT_OPSET", "export_onnx", "input_arrays", "main_output"]
+__all__ = ["DEFAULT_OPSET", "export_onnx", "input_arrays", "main_output", "reference_outputs"]
