@@ -11,9 +11,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-AUTO_DLMC = (Path("/work/shared/dlmc"), Path(__file__).resolve().parent.parent / "shared" / "dlmc")
-
-
 def _as_list(x, what: str) -> list:
     if x is None:
         return []
@@ -25,14 +22,15 @@ def _as_list(x, what: str) -> list:
 
 
 def _dlmc(value) -> Path | None:
+    """``dlmc=auto``: the sample where ``spruce.sparse.dlmc`` finds one (else none); a path: that folder."""
+    from spruce.sparse.dlmc import find_dlmc
     if value is None or value is False:
         return None
     if value == "auto":
-        return next((p for p in AUTO_DLMC if p.is_dir()), None)
-    p = Path(str(value))
-    if not p.is_dir():
+        return find_dlmc()
+    if not Path(str(value)).is_dir():
         raise ValueError(f"dlmc={value!r} is not a directory (pass dlmc=null to leave DLMC out of the report)")
-    return p
+    return Path(str(value))
 
 
 def run(cfg: dict) -> Path:
@@ -73,8 +71,8 @@ def main(cfg: DictConfig) -> None:
     try:
         out = run(OmegaConf.to_container(cfg, resolve=True))
     except (ValueError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        from spruce.io import first_line
+        print(f"error: {first_line(e)}", file=sys.stderr)
         sys.exit(1)
     print(out)
 

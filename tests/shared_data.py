@@ -1,14 +1,7 @@
-"""Where the shared DLMC sample lives: ``$SPRUCE_DLMC``, else ``<repo>/../shared/dlmc``, else /work/shared/dlmc."""
-import os
+"""Where the shared DLMC sample lives: the library's one resolver (``spruce.sparse.dlmc``), or a path that does not
+exist (tests that need it skip)."""
 from pathlib import Path
 
+from spruce.sparse.dlmc import find_dlmc
 
-def dlmc_dir() -> Path:
-    env = os.environ.get("SPRUCE_DLMC")
-    if env:
-        return Path(env)
-    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "dlmc"
-    return beside_repo if beside_repo.is_dir() else Path("/work/shared/dlmc")
-
-
-DLMC = dlmc_dir()
+DLMC = find_dlmc() or Path("DLMC-not-found")

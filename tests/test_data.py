@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from spruce.data import DATASETS, KINDS, build_datamodule
+from spruce.data.fortunes import DEFAULT_ROOT as FORTUNES_ROOT
 from spruce.models.bert import build_tokenizer
 
-FORTUNES = Path("/usr/share/games/fortunes")
+FORTUNES = Path(FORTUNES_ROOT)  # where Debian's fortunes package installs its files
 
 
 @pytest.fixture(scope="module")

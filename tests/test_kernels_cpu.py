@@ -184,7 +184,7 @@ DLMC_FILES = sorted(DLMC.glob("*/*/*/bottleneck_1_*.smtx")) + sorted(
     DLMC.glob("transformer/*/0.9/*attention_q*.smtx")) + sorted(DLMC.glob("rn50/magnitude_pruning/0.98/*.smtx"))
 
 
-@pytest.mark.skipif(not DLMC.exists(), reason="DLMC sample not present at /work/shared/dlmc")
+@pytest.mark.skipif(not DLMC.exists(), reason="DLMC sample not found (spruce.sparse.dlmc)")
 @pytest.mark.parametrize("path", DLMC_FILES, ids=lambda p: "/".join(p.parts[-4:]))
 def test_dlmc_topologies(path):
     w = read_smtx(path)

@@ -139,3 +139,15 @@ def test_entry_scripts_are_not_imported_by_the_library(script) -> None:
     name = script[:-3]
     for p in library_files():
         assert not any(owner(m) == f"entry:{name}" for _, m in imports_of(p)), p
+
+
+def test_no_machine_paths_in_code_configs_or_tests() -> None:
+    """Library, entry scripts, configs and tests name no folder of a particular machine (the DLMC sample is found
+    by ``spruce.sparse.dlmc``; a system package's own install location such as Debian's fortunes is allowed)."""
+    import re
+    pattern = re.compile(r"""["'\s=(]/(work|home|root|mnt|srv|scratch|Users)/""")
+    files = [*ROOT.glob("*.py"), *(ROOT / "spruce").rglob("*.py"), *(ROOT / "tests").rglob("*.py"),
+             *(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "conf").rglob("*.yaml"), *(ROOT / "scripts").glob("*")]
+    bad = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in files if p.is_file() and p != Path(__file__)
+           for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+    assert not bad, "machine paths:\n" + "\n".join(bad)

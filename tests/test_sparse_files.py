@@ -14,7 +14,7 @@ from shared_data import DLMC  # noqa: E402
 DLMC_SAMPLE = [DLMC / "rn50/magnitude_pruning/0.98/bottleneck_1_block_group1_1_1.smtx",
                DLMC / "transformer/random_pruning/0.9/body_encoder_layer_0_self_attention_multihead_attention_q_"
                       "fully_connected.smtx"]
-needs_dlmc = pytest.mark.skipif(not DLMC.is_dir(), reason="DLMC sample not present at /work/shared/dlmc")
+needs_dlmc = pytest.mark.skipif(not DLMC.is_dir(), reason="DLMC sample not found (spruce.sparse.dlmc)")
 
 
 def _w(m=13, k=29, density=0.3, seed=0, dtype=torch.float32):

@@ -10,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from spruce.data.fortunes import DEFAULT_ROOT as FORTUNES_ROOT
 from spruce.models.train_config import ConfigError, check_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,7 +198,7 @@ def test_dense_baseline_has_no_masks(tmp_path):
     assert summary["run_name"] == "vgg16-digits-dense"
 
 
-@pytest.mark.skipif(not Path("/usr/share/games/fortunes").is_dir(), reason="Debian's fortunes is not installed")
+@pytest.mark.skipif(not Path(FORTUNES_ROOT).is_dir(), reason="Debian's fortunes is not installed")
 def test_text_model_oneshot_global_end_to_end(tmp_path):
     from spruce.models.checkpoint import model_from_checkpoint
     from spruce.models.train_job import train

@@ -7,7 +7,6 @@ or a generator kind (``uniform``, ``magnitude``, ``balanced``, ...).
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +36,6 @@ class Case:
     group: str
     make: Callable[[], torch.Tensor] = field(repr=False)
     batches: list[int] = field(default_factory=list)
-
-
-def default_dlmc_dir() -> Path:
-    """``$SPRUCE_DLMC`` or ``<repo>/../shared/dlmc``."""
-    env = os.environ.get("SPRUCE_DLMC")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "dlmc"
 
 
 def shape_cases(shapes: Iterable[LayerShape], sparsities: Iterable[float], kinds: Iterable[str],

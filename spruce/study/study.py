@@ -16,7 +16,8 @@ from spruce.perf.calibration import load_or_calibrate
 from spruce.perf.profile import h100_profile
 from spruce.study.report import build_report
 from spruce.study.shapes import model_shapes, shapes_from_config
-from spruce.study.sources import ckpt_cases, default_dlmc_dir, dlmc_cases, shape_cases
+from spruce.sparse.dlmc import require_dlmc
+from spruce.study.sources import ckpt_cases, dlmc_cases, shape_cases
 from spruce.study.sweep import run_sweep, write_rows
 
 
@@ -61,8 +62,7 @@ def build_cases(c: dict[str, Any]) -> tuple[list, list[str], str]:
         cases, notes = shape_cases(shapes, c["sparsities"], c["kinds"], c["batches"], int(c["max_n"]), int(c["seed"]),
                                    None if c["n_cap"] is None else int(c["n_cap"]))
         return cases, notes, f"shapes-{c['model'] or ('custom' if c['shapes'] else 'all')}"
-    folder = Path(c["dlmc_dir"]) if (src == "dlmc" and c["dlmc_dir"]) else (
-        default_dlmc_dir() if src == "dlmc" else Path(src))
+    folder = require_dlmc(c["dlmc_dir"]) if src == "dlmc" else Path(src)
     sps = c["dlmc_sparsities"] or (c["sparsities"] if c["quick"] else None)
     cases = dlmc_cases(folder, c["dlmc_ns"], sps, c["dlmc_max_files"], c["twin_kinds"], int(c["seed"]))
     if not cases:
