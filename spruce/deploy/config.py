@@ -30,7 +30,7 @@ class BenchConfig:
     batch_size: int = 1
     image_size: int = 224
     seq_len: int = 128
-    threads: int | None = 2
+    threads: int | None = None
     objective: str = "latency"
     repeats: int = 10
     warmup: int = 2
@@ -98,7 +98,7 @@ def from_dict(cfg: dict[str, Any]) -> BenchConfig:
         prune_layers=_names(_get(cfg, "prune.layers", None)),
         ckpt=cfg.get("ckpt"), plan=cfg.get("plan"), device=str(cfg.get("device") or ""),
         batch_size=cfg.get("batch_size", 1), image_size=cfg.get("image_size", 224),
-        seq_len=cfg.get("seq_len", 128), threads=cfg.get("threads", 2),
+        seq_len=cfg.get("seq_len", 128), threads=cfg.get("threads"),
         objective=str(_get(cfg, "deploy.objective", None) or cfg.get("objective", "latency")),
         repeats=cfg.get("repeats", 10), warmup=cfg.get("warmup", 2), plan_repeats=cfg.get("plan_repeats", 5),
         plan_budget_s=float(cfg.get("plan_budget_s", 1.0)),

@@ -17,6 +17,7 @@ from torch import nn
 
 from spruce import perf
 from spruce.io import atomic_write
+from spruce.perf.machine import resolve_threads
 from spruce.deploy.accuracy import accuracy, eval_loader
 from spruce.deploy.candidates import resolve_candidates
 from spruce.deploy.config import BenchConfig, from_dict
@@ -151,8 +152,8 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("mode=study is the study's (spruce.study.run_study); bench.py dispatches it there")
     if c.mode == "aggregate":
         return aggregate(c.extra.get("dir") or c.sweep_dir or c.out_dir)
-    if c.threads:
-        torch.set_num_threads(c.threads)
+    c.threads = resolve_threads(c.threads)
+    torch.set_num_threads(c.threads)
     torch.manual_seed(c.seed)
     candidates, notes = resolve_candidates(c.kernels, c.device, c.deploy)
     for n in notes:

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -41,41 +39,10 @@ import torch
 from spruce.perf.allocator import steady_allocator
 from spruce import io
 from spruce.perf import model as perf_model
+from spruce.perf.machine import cache_dir, cpu_model, llc_bytes
 from spruce.perf.matrices import synthetic_weight
 from spruce.perf.profile import MachineProfile, read_efficiency
 from spruce.perf.timing import time_call, time_pair
-
-
-def cpu_model() -> str:
-    """The CPU model string (``/proc/cpuinfo``), or the platform's processor name."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown-cpu"
-
-
-def llc_bytes() -> float:
-    """Last-level cache size in bytes from sysfs (32 MiB when unknown)."""
-    best = 0
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    for idx in sorted(base.glob("index*")) if base.exists() else []:
-        try:
-            txt = (idx / "size").read_text().strip()
-        except OSError:
-            continue
-        mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(txt[-1:], 1)
-        num = txt[:-1] if txt[-1:] in "KMG" else txt
-        if num.isdigit():
-            best = max(best, int(num) * mult)
-    return float(best or 32 * 1024 ** 2)
-
-
-def cache_dir() -> Path:
-    """``$SPRUCE_CACHE`` or ``~/.cache/spruce``."""
-    return Path(os.environ.get("SPRUCE_CACHE", Path.home() / ".cache" / "spruce"))
 
 
 #: bumped when what calibration measures changes, so an older cached profile is not silently reused

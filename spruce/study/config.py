@@ -1,17 +1,21 @@
 """The study's configuration: defaults from ``conf/study/default.yaml`` (and ``quick.yaml``), validated up front.
 
+The YAML files are package data (``spruce/conf/study``, read through ``importlib.resources``), so an installed
+package finds them too.
+
 ``resolve(cfg)`` merges a plain dict over the defaults. With ``quick=True`` every key still at its default value
 is replaced by ``quick.yaml``'s, so ``bench.py mode=study quick=true`` (which passes the whole default group) and
-``python -m spruce.study --quick`` give the same run, and an explicit override still wins.
+``python -m spruce.study quick=true`` give the same run, and an explicit override still wins.
 """
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "study"
+CONF_PACKAGE = "spruce.conf"
 SOURCES = ("shapes", "ckpt", "dlmc")
 MODELS = ("vgg16", "bert_base")
 WANDB = ("offline", "disabled")
@@ -19,9 +23,9 @@ FORMATS = ("csr", "coo", "bsr")
 
 
 def _load(name: str) -> dict[str, Any]:
-    path = CONF_DIR / name
-    if not path.exists():
-        raise ValueError(f"study config {path} is missing (the repository's conf/study/ group)")
+    path = resources.files(CONF_PACKAGE).joinpath("study", name)
+    if not path.is_file():
+        raise ValueError(f"study config {path} is missing (package data spruce/conf/study/)")
     data = yaml.safe_load(path.read_text()) or {}
     data.pop("defaults", None)
     return data
@@ -116,6 +120,8 @@ def _validate(c: dict[str, Any]) -> None:
     if bad:
         raise ValueError(f"formats {bad} not allowed; allowed: {', '.join(FORMATS)}")
     for key, lo in (("repeats", 1), ("threads", 1), ("max_n", 1)):
+        if c[key] is None and key == "threads":
+            continue  # null: every core this process may run on
         if int(c[key]) < lo:
             raise ValueError(f"{key}={c[key]!r} must be >= {lo}")
     if c["n_cap"] is not None and int(c["n_cap"]) < 1:

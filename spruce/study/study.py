@@ -16,6 +16,7 @@ from spruce.perf.calibration import load_or_calibrate
 from spruce.perf.profile import h100_profile
 from spruce.study.report import build_report
 from spruce.study.shapes import model_shapes, shapes_from_config
+from spruce.perf.machine import resolve_threads
 from spruce.sparse.dlmc import require_dlmc
 from spruce.study.sources import ckpt_cases, dlmc_cases, shape_cases
 from spruce.study.sweep import run_sweep, write_rows
@@ -77,7 +78,8 @@ def run_study(cfg: dict[str, Any] | None = None) -> Path:
     ``wandb=disabled``, an offline W&B run under ``wandb/``.
     """
     c = study_config.resolve(cfg)
-    torch.set_num_threads(int(c["threads"]))
+    c["threads"] = resolve_threads(c["threads"])
+    torch.set_num_threads(c["threads"])
     sparse_kernels, dense = select_kernels(c["kernels"], c["formats"])
     cases, notes, label = build_cases(c)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -115,7 +117,7 @@ def rerender(report_dir: str | Path, recalibrate: bool = False) -> Path:
     if not (out / "rows.csv").is_file() or not (out / "config.json").is_file():
         raise ValueError(f"{out} is not a study report (needs rows.csv and config.json)")
     c = json.loads((out / "config.json").read_text())
-    torch.set_num_threads(int(c["threads"]))
+    torch.set_num_threads(resolve_threads(c["threads"]))
     with (out / "rows.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     names = sorted({r["kernel"] for r in rows})
