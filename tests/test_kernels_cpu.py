@@ -26,6 +26,16 @@ def extension():
     return build.load()
 
 
+@pytest.fixture(autouse=True, params=list(build.ISAS))
+def isa(request, monkeypatch):
+    """Every test runs once per instruction set (forced through $SPRUCE_ISA), where the CPU has it."""
+    if request.param not in build.cpu_isas():
+        pytest.skip(f"this CPU lacks {request.param} (it has {build.cpu_isas()})")
+    monkeypatch.setenv(build.ENV, request.param)
+    assert build.isa() == request.param
+    return request.param
+
+
 def sparse_weight(m: int, k: int, density: float, seed: int = 0, empty_rows: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     w = torch.empty(m, k).uniform_(-1, 1, generator=g)
@@ -122,7 +132,33 @@ def test_linear_matches_f_linear(name):
             torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-5 * 8)
 
 
+LINEAR_SHAPES = [  # (M, K, density, empty rows, B): B and M off the vector widths, panels, one nonzero, none
+    (50, 64, 0.2, 2, 2), (33, 70, 0.3, 5, 17), (17, 129, 0.1, 0, 130), (40, 3000, 0.05, 3, 100),
+    (8, 16, 0.0, 0, 9), (1, 1, 1.0, 0, 31), (20, 65537, 0.0005, 4, 5),  # K > 65536: int32 indices
+]
+
+
+@pytest.mark.parametrize("name", OURS)
+@pytest.mark.parametrize("m,k,density,empty,bsz", LINEAR_SHAPES)
+def test_linear_layout_awkward_shapes(name, m, k, density, empty, bsz):
+    """The nn.Linear layout (x [B, K] -> y [B, M], row-major both) against float64, with a fused epilogue."""
+    kern = get(name)
+    w = sparse_weight(m, k, density, seed=m + k + bsz, empty_rows=empty)
+    if m == 8:  # exactly one nonzero
+        w.zero_()
+        w[3, 7] = 1.5
+    x, b = torch.randn(bsz, k), torch.randn(m)
+    packed = kern.prepare(w)
+    for act in ["none", "gelu"]:
+        ref = reference(w, x.t(), b, act).t()
+        assert_matches(kern.linear(packed, x, b, act), ref.contiguous(), k)
+
+
 CONVS = [  # (B, C_in, H, W, C_out, kh, kw, stride, padding, dilation)
+    (1, 4, 20, 70, 6, 3, 3, (1, 1), (1, 1), (1, 1)),  # output rows in several tiles, width 64 + 6
+    (3, 3, 30, 30, 5, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (1, 2, 19, 14, 3, 3, 3, (1, 1), (2, 2), (2, 2)),
+    (2, 64, 12, 12, 64, 3, 3, (1, 1), (1, 1), (1, 1)),  # weights above one chunk of output channels
     (2, 3, 9, 11, 5, 3, 3, (1, 1), (1, 1), (1, 1)),
     (1, 4, 10, 40, 6, 3, 2, (2, 1), (0, 2), (1, 2)),
     (2, 3, 17, 17, 4, 3, 3, (2, 2), (1, 1), (1, 1)),
@@ -139,7 +175,7 @@ def test_conv2d_matches_f_conv2d(name, cfg):
     kern = get(name)
     g = torch.Generator().manual_seed(ci * h)
     w4 = torch.randn(co, ci, kh, kw, generator=g)
-    w4[w4.abs() < 0.9] = 0.0
+    w4[w4.abs() < (0.9 if ci < 64 else 0.05)] = 0.0
     x, b = torch.randn(bsz, ci, h, wd, generator=g), torch.randn(co, generator=g)
     packed = kern.prepare(w4.reshape(co, -1))
     for act in ["none", "relu"]:
@@ -325,3 +361,25 @@ def test_empty_matrices():
         y = kern.matmul(p, torch.randn(5, 0))
         assert y.shape == (3, 0)
         assert isinstance(p, CpuPacked)
+
+
+def test_isa_switch_names_the_path_and_refuses_bad_values(monkeypatch):
+    """$SPRUCE_ISA forces a path, availability names it; unknown or unsupported values make the kernels
+    unavailable with the reason (never an illegal instruction), and none disables them."""
+    for path in build.cpu_isas():
+        monkeypatch.setenv(build.ENV, path)
+        assert build.availability() == (True, f"isa: {path}")
+    monkeypatch.setenv(build.ENV, "sse9")
+    ok, why = build.availability()
+    assert not ok and "sse9" in why and "avx2" in why
+    monkeypatch.setenv(build.ENV, "none")
+    ok, why = build.availability()
+    assert not ok and "disabled" in why
+    with pytest.raises(RuntimeError, match="disabled"):
+        get("spruce_csr").prepare(torch.eye(4))
+    if "avx512" not in build.cpu_isas():
+        monkeypatch.setenv(build.ENV, "avx512")
+        assert "lacks" in build.availability()[1]
+    monkeypatch.delenv(build.ENV)
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        build.load().cpu_has_isa("sse9")

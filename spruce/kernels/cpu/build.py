@@ -1,10 +1,15 @@
-"""Build (once) and load the ``spruce_cpu`` C++ extension.
+"""Build (once) and load the ``spruce_cpu`` C++ extension, and choose its instruction set at run time.
 
-The extension is compiled on first use with ``torch.utils.cpp_extension.load`` (ninja, ``-O3 -mavx2 -mfma
--fopenmp``) into ``$TORCH_EXTENSIONS_DIR/spruce_cpu`` or ``~/.cache/spruce/torch_extensions/spruce_cpu`` and
-reused afterwards (torch rebuilds it only when the source changes). An ``flock`` serialises builds of
-parallel processes (pytest-xdist workers, several engineers); the lock dies with its process, so a killed
-build never blocks the next one.
+The extension is compiled on first use with ``torch.utils.cpp_extension.load`` (ninja, ``-O3 -fopenmp``) from
+``src/``: the kernels are compiled twice from the same headers, once for AVX2 + FMA and once for AVX-512
+(``#pragma GCC target`` per translation unit), and the bindings for baseline x86-64, so loading the module
+never executes an instruction the CPU lacks. It is cached in ``$TORCH_EXTENSIONS_DIR/spruce_cpu`` or
+``~/.cache/spruce/torch_extensions/spruce_cpu`` (torch rebuilds it only when a source changes). An ``flock``
+serialises builds of parallel processes; the lock dies with its process, so a killed build never blocks the next.
+
+Instruction set: ``isa()`` returns the best one the CPU has (``avx512`` > ``avx2``), or the one forced by
+``$SPRUCE_ISA`` (``avx512``, ``avx2``, or ``none`` to disable the extension, leaving PyTorch's kernels); forcing
+a set the CPU lacks makes the kernels unavailable with that reason, never an illegal instruction.
 """
 from __future__ import annotations
 
@@ -17,9 +22,22 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name("spruce_cpu.cpp")
+SRC = Path(__file__).with_name("src")
+SOURCES = [SRC / name for name in ("bindings.cpp", "pack.cpp", "isa_avx2.cpp", "isa_avx512.cpp")]
 NAME = "spruce_cpu"
-CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+def _source_digest() -> str:
+    """A digest of every file in ``src/``: torch versions a build by its listed sources and flags only, so the
+    headers enter through a ``-D`` flag."""
+    import hashlib
+    h = hashlib.sha256()
+    for p in sorted(SRC.iterdir()):
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+CFLAGS = ["-O3", "-fopenmp", f"-I{SRC}", f"-DSPRUCE_SRC_DIGEST={_source_digest()}"]
+ISAS = ("avx512", "avx2")  # best first
+ENV = "SPRUCE_ISA"
 
 _module: ModuleType | None = None
 _error: str | None = None
@@ -31,18 +49,48 @@ def build_dir() -> Path:
     return Path(root) / NAME
 
 
-def cpu_has_avx2_fma() -> tuple[bool, str]:
-    """Whether this CPU has AVX2 and FMA (the extension's instruction set)."""
-    cap = torch.backends.cpu.get_cpu_capability()
-    if cap not in ("AVX2", "AVX512", "ZVECTOR") and not cap.startswith("AVX512"):
-        return False, f"CPU capability is {cap!r}; the spruce_cpu kernels need AVX2 + FMA"
+def _cpu_flags() -> set[str] | None:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
     except OSError:
-        return True, ""
-    if " fma" not in flags or " avx2" not in flags:
-        return False, "this CPU lacks AVX2 or FMA (see /proc/cpuinfo); the spruce_cpu kernels need both"
-    return True, ""
+        pass
+    return None
+
+
+def cpu_isas() -> list[str]:
+    """The instruction sets of ``ISAS`` this CPU has (from ``/proc/cpuinfo``; torch's capability elsewhere)."""
+    flags = _cpu_flags()
+    if flags is None:
+        cap = torch.backends.cpu.get_cpu_capability()
+        return [i for i in ISAS if (i == "avx2" and cap.startswith(("AVX2", "AVX512"))) or
+                (i == "avx512" and cap.startswith("AVX512"))]
+    have = []
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma"} <= flags:
+        have.append("avx512")
+    if {"avx2", "fma"} <= flags:
+        have.append("avx2")
+    return have
+
+
+def isa() -> str:
+    """The instruction set the kernels run with now: ``$SPRUCE_ISA`` if set (validated), else the best the CPU
+    has. Raises ``RuntimeError`` naming the reason when there is none to use."""
+    forced = os.environ.get(ENV, "").strip().lower()
+    have = cpu_isas()
+    if forced in ("", "auto"):
+        if not have:
+            raise RuntimeError("this CPU has neither AVX-512 nor AVX2 + FMA; the spruce_cpu kernels need one "
+                               "(PyTorch's kernels remain)")
+        return have[0]
+    if forced == "none":
+        raise RuntimeError(f"{ENV}=none: the spruce_cpu kernels are disabled (PyTorch's kernels remain)")
+    if forced not in ISAS:
+        raise RuntimeError(f"{ENV}={forced!r} is not an instruction set; allowed: auto, {', '.join(ISAS)}, none")
+    if forced not in have:
+        raise RuntimeError(f"{ENV}={forced} but this CPU lacks it (it has: {', '.join(have) or 'neither'})")
+    return forced
 
 
 def compiler() -> str | None:
@@ -52,28 +100,28 @@ def compiler() -> str | None:
 
 
 def availability() -> tuple[bool, str]:
-    """``(ok, reason)`` without building: CPU features, a compiler (or a cached build), no earlier failure."""
-    ok, why = cpu_has_avx2_fma()
-    if not ok:
-        return ok, why
+    """``(ok, reason)`` without building: an instruction set to use, a compiler (or a cached build), no earlier
+    failure. When ok, the reason names the path in use (``"isa: avx512"``)."""
+    try:
+        path = isa()
+    except RuntimeError as e:
+        return False, str(e)
     if _error is not None:
         return False, _error
     if _module is None and compiler() is None and not any(build_dir().glob(f"{NAME}*.so")):
         return False, "no C++ compiler found (install g++ or set CXX) to build the spruce_cpu extension"
-    return True, ""
+    return True, f"isa: {path}"
 
 
 def load(verbose: bool = False) -> ModuleType:
     """The compiled extension, building it on first use (about a minute). RuntimeError with the cause if it
-    cannot be built."""
+    cannot be built or no instruction set is usable."""
     global _module, _error
+    isa()  # raises with the reason when the kernels cannot run here
     if _module is not None:
         return _module
     if _error is not None:
         raise RuntimeError(_error)
-    ok, why = cpu_has_avx2_fma()
-    if not ok:
-        raise RuntimeError(why)
     # importing cpp_extension logs "No CUDA runtime is found" on CPU-only machines: irrelevant here
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils.cpp_extension import load as cpp_load
@@ -85,8 +133,8 @@ def load(verbose: bool = False) -> ModuleType:
             stale = d / "lock"  # torch's own FileBaton; stale only if a builder died, and we hold the flock
             if stale.exists():
                 stale.unlink()
-            mod = cpp_load(name=NAME, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
-                           build_directory=str(d), verbose=verbose)
+            mod = cpp_load(name=NAME, sources=[str(s) for s in SOURCES], extra_cflags=CFLAGS,
+                           extra_ldflags=["-fopenmp"], build_directory=str(d), verbose=verbose)
         except Exception as e:  # noqa: BLE001 - recorded and re-raised with the cause
             msg = str(e).strip().splitlines()
             _error = (f"building the spruce_cpu extension failed ({type(e).__name__}: "
@@ -94,8 +142,10 @@ def load(verbose: bool = False) -> ModuleType:
             raise RuntimeError(_error) from e
         finally:
             fcntl.flock(lockf, fcntl.LOCK_UN)
-    if not mod.cpu_supported():
-        _error = "the CPU lacks AVX2/FMA at run time; spruce_cpu kernels unavailable"
-        raise RuntimeError(_error)
     _module = mod
     return mod
+
+
+def l2_panel_bytes() -> int:
+    """Bytes of X one thread keeps hot in L2 (the extension's own constant, so Python never copies it)."""
+    return int(load().l2_panel_bytes())

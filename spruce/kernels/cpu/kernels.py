@@ -1,6 +1,7 @@
 """The registered spruce_cpu kernels: ``spruce_csr``, ``spruce_csr_direct`` and ``spruce_bsr4x1``.
 
-All take float32 on the CPU and need AVX2 + FMA; the C++ extension is built on the first ``prepare``.
+All take float32 on the CPU and run with AVX-512 or AVX2 + FMA, whichever the CPU has (``$SPRUCE_ISA`` forces
+one, see ``build.isa``); the C++ extension is built on the first ``prepare``.
 """
 from __future__ import annotations
 
@@ -60,8 +61,12 @@ class _SpruceCpu(Kernel):
             raise ValueError(f"{self.name}: packed weight must come from {self.name}.prepare, got "
                              f"{type(packed).__name__}")
 
-    def _product(self, packed: CpuPacked, x: torch.Tensor, bias: torch.Tensor | None, act: int,
-                 transposed: bool) -> torch.Tensor:
+    def _product(self, packed: CpuPacked, x: torch.Tensor, bias: torch.Tensor | None, act: int) -> torch.Tensor:
+        """``[K, N]`` -> ``[M, N]``."""
+        raise NotImplementedError
+
+    def _linear(self, packed: CpuPacked, x2: torch.Tensor, bias: torch.Tensor | None, act: int) -> torch.Tensor:
+        """``[B, K]`` -> ``[B, M]``, both contiguous."""
         raise NotImplementedError
 
     def _validate(self, packed: CpuPacked, x: torch.Tensor, bias: torch.Tensor | None, activation: str) -> None:
@@ -74,12 +79,12 @@ class _SpruceCpu(Kernel):
         """``act(W @ X + bias[:, None])``: ``x`` ``[K, N]`` float32 -> ``[M, N]``. Non-contiguous x is copied."""
         self._validate(packed, x, bias, activation)
         b = bias.detach().contiguous() if bias is not None else None
-        return self._product(packed, x.detach().contiguous(), b, _ACT_CODE[activation], False)
+        return self._product(packed, x.detach().contiguous(), b, _ACT_CODE[activation])
 
     def linear(self, packed: CpuPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
                activation: str = "none") -> torch.Tensor:
-        """``act(x @ W^T + b)``: ``x`` ``[..., K]`` -> ``[..., M]``; the kernel writes ``y`` in place
-        (no output transpose), and ``x`` is transposed once to ``[K, B]`` (a copy of the small operand)."""
+        """``act(x @ W^T + b)``: ``x`` ``[..., K]`` -> ``[..., M]`` (the nn.Linear layout, read and written
+        row-major by the kernel; a non-contiguous ``x`` is copied once)."""
         self._check_packed(packed)
         check_linear_input(self, x, packed.k)
         if activation not in ACTIVATIONS:
@@ -90,9 +95,9 @@ class _SpruceCpu(Kernel):
         b = bias.detach().contiguous() if bias is not None else None
         act = _ACT_CODE[activation]
         if x2.shape[0] == 1:  # [1, K] and [K, 1] share their memory
-            y = self._product(packed, x2.contiguous().reshape(packed.k, 1), b, act, False).reshape(1, packed.m)
+            y = self._product(packed, x2.contiguous().reshape(packed.k, 1), b, act).reshape(1, packed.m)
         else:
-            y = self._product(packed, x2.t().contiguous(), b, act, True)  # [B, M]
+            y = self._linear(packed, x2.contiguous(), b, act)
         return y.reshape(*lead, packed.m)
 
     def conv2d(self, packed: CpuPacked, x: torch.Tensor, kernel_size: tuple[int, int],
@@ -111,17 +116,26 @@ class _SpruceCpu(Kernel):
 
 @register
 class SpruceCsr(_SpruceCpu):
-    """CSR SpMM/SpMV (AVX2, OpenMP): register-tiled rows, L2 panels over N, gathered SpMV for N = 1,
-    uint16 column indices when K <= 65536, fused bias/ReLU/GELU."""
+    """CSR SpMM/SpMV (AVX-512 or AVX2, OpenMP): register-tiled rows, L2 panels over N, gathered SpMV for N = 1,
+    uint16 column indices when K <= 65536, fused bias/ReLU/GELU; ``linear`` reads ``x [B, K]`` and writes
+    ``y [B, M]`` row-major (its own kernel: panels of x transposed in cache, vector stores of y)."""
 
     name = "spruce_csr"
     format = "csr"
-    description = "Spruce AVX2 CSR SpMM (uint16/int32 indices, fused epilogue)"
-    x_panel_bytes = 384 * 1024  # L2_PANEL_BYTES in spruce_cpu.cpp
+    description = "Spruce CSR SpMM, AVX-512/AVX2 (uint16/int32 indices, fused epilogue, native nn.Linear layout)"
 
-    def _product(self, packed, x, bias, act, transposed):
+    @property
+    def x_panel_bytes(self) -> int:  # type: ignore[override]
+        """Bytes of X a thread keeps in L2 (the extension's constant)."""
+        return build.l2_panel_bytes()
+
+    def _product(self, packed, x, bias, act):
         return build.load().csr_spmm(packed.rowptr, packed.cols, packed.vals, packed.m, packed.k, x, bias, act,
-                                     transposed, _threads(), SPLIT_MODE)
+                                     _threads(), SPLIT_MODE, build.isa())
+
+    def _linear(self, packed, x2, bias, act):
+        return build.load().csr_linear(packed.rowptr, packed.cols, packed.vals, packed.m, packed.k, x2, bias, act,
+                                       _threads(), build.isa())
 
 
 @register
@@ -149,7 +163,7 @@ class SpruceCsrDirect(SpruceCsr):
         b = bias.detach().contiguous() if bias is not None else None
         return build.load().conv_direct(packed.rowptr, packed.cols, packed.vals, packed.m, xp.contiguous(),
                                         kernel_size[0], kernel_size[1], stride[0], stride[1], dilation[0],
-                                        dilation[1], ho, wo, b, _ACT_CODE[activation], _threads())
+                                        dilation[1], ho, wo, b, _ACT_CODE[activation], _threads(), build.isa())
 
 
 @register
@@ -160,8 +174,12 @@ class SpruceBsr4x1(_SpruceCpu):
     name = "spruce_bsr4x1"
     format = "bsr"
     block_rows = 4
-    description = "Spruce AVX2 BSR 4x1 blocks SpMM (fused epilogue)"
+    description = "Spruce BSR 4x1 blocks SpMM, AVX-512/AVX2 (fused epilogue)"
 
-    def _product(self, packed, x, bias, act, transposed):
+    def _product(self, packed, x, bias, act):
         return build.load().bsr_spmm(packed.rowptr, packed.cols, packed.vals, packed.m, packed.k, x, bias, act,
-                                     transposed, _threads())
+                                     False, _threads(), build.isa())
+
+    def _linear(self, packed, x2, bias, act):
+        return build.load().bsr_spmm(packed.rowptr, packed.cols, packed.vals, packed.m, packed.k,
+                                     x2.t().contiguous(), bias, act, True, _threads(), build.isa())

@@ -1,0 +1,25 @@
+// Work partition shared by the kernels (ISA-neutral; included inside each ISA's namespace).
+#pragma once
+
+// First row of part t of T when row i costs (rp[i+1]-rp[i]) + overhead: a binary search on the monotone
+// prefix cost rp[i] + i * overhead.
+inline int64_t balanced_start(const int32_t* rp, int64_t m, int t, int T, int64_t overhead) {
+  if (t <= 0) return 0;
+  if (t >= T) return m;
+  const double total = static_cast<double>(rp[m]) + static_cast<double>(m) * overhead;
+  const double target = total * t / T;
+  int64_t lo = 0, hi = m;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (static_cast<double>(rp[mid]) + static_cast<double>(mid) * overhead < target) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Apply f to the column-index array of w with its real type (uint16 or int32).
+template <typename F>
+inline void with_cols(const Csr& w, F&& f) {
+  if (w.idx16) f(static_cast<const uint16_t*>(w.cols));
+  else f(static_cast<const int32_t*>(w.cols));
+}
