@@ -378,3 +378,41 @@ def test_steady_allocator_fixes_the_glibc_mmap_threshold() -> None:
     assert steady_allocator() is first  # idempotent
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert first is True
+
+
+# ---- torch.compile of a converted model (spruce.deploy.compiled) ----------------------------------------------
+def _fused_plan(model: nn.Module, x: object, kernel: str) -> Plan:
+    from spruce.deploy.fusion import find_fusions
+    f = find_fusions(model, None, x)
+    return Plan(layers={n: {"kernel": kernel, **({"fusion": f[n]} if n in f else {})}
+                        for n in forced_plan(model, kernel).layers})
+
+
+@pytest.mark.parametrize("which", ["cnn", "bert"])
+def test_compiled_path_equals_eager(which: str) -> None:
+    from spruce.deploy.compare import first_tensor, run_model
+    from spruce.deploy.compiled import compile_model
+    m, x = (tiny_cnn(), torch.randn(2, 3, 8, 8)) if which == "cnn" else tiny_bert()
+    convert_(m, _fused_plan(m, x, "spruce_csr"))
+    c, info = compile_model(m, x, mode="on")
+    assert info["compiled"] and info["compile_s"] > 0, info
+    with torch.inference_mode():
+        torch.testing.assert_close(first_tensor(run_model(c, x)), first_tensor(run_model(m, x)), rtol=1e-4, atol=1e-5)
+    # the sparse layers are graph ops, not graph breaks
+    explain = torch._dynamo.explain(m)(**x) if isinstance(x, dict) else torch._dynamo.explain(m)(x)
+    assert explain.graph_break_count == 0, explain.break_reasons
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from spruce.deploy.compiled import compile_model
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("no C++ compiler here")
+    monkeypatch.setattr(torch, "compile", broken)
+    m = tiny_cnn()
+    out, info = compile_model(m, torch.randn(1, 3, 8, 8), mode="auto")
+    assert out is m and not info["compiled"] and "no C++ compiler" in info["compile_error"]
+    assert capsys.readouterr().err.count("torch.compile failed") == 1
+    assert compile_model(m, None, mode="off")[0] is m
+    with pytest.raises(ValueError, match="compile="):
+        compile_model(m, None, mode="yes")

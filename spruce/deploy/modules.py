@@ -30,6 +30,7 @@ class SparseLinear(nn.Module):
         self.kernel, self.packed = kernel, packed
         self.in_features, self.out_features = in_features, out_features
         self.activation = activation
+        self.op_handle: int | None = None  # set by spruce.deploy.compiled.register_packed for torch.compile
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     @classmethod
@@ -42,6 +43,8 @@ class SparseLinear(nn.Module):
         return cls(k, p, layer.in_features, layer.out_features, layer.bias, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op_handle is not None and torch.compiler.is_compiling():  # a graph op (spruce.deploy.compiled)
+            return torch.ops.spruce.sparse_linear(x, self.op_handle, self.bias, self.out_features)
         return self.kernel.linear(self.packed, x, self.bias, self.activation)
 
     def weight_bytes(self) -> int:
@@ -68,6 +71,7 @@ class SparseConv2d(nn.Module):
         self.kernel_size, self.stride = kernel_size, stride
         self.padding, self.dilation = padding, dilation
         self.activation = activation
+        self.op_handle: int | None = None  # set by spruce.deploy.compiled.register_packed for torch.compile
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     @staticmethod
@@ -100,6 +104,9 @@ class SparseConv2d(nn.Module):
                    _pair(layer.padding), _pair(layer.dilation), layer.bias, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op_handle is not None and torch.compiler.is_compiling():  # a graph op (spruce.deploy.compiled)
+            return torch.ops.spruce.sparse_conv2d(x, self.op_handle, self.bias, self.out_channels,
+                                                  [*self.kernel_size, *self.stride, *self.padding, *self.dilation])
         return self.kernel.conv2d(self.packed, x, self.kernel_size, self.stride, self.padding, self.dilation,
                                   self.bias, self.activation)
 
@@ -109,4 +116,8 @@ class SparseConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, kernel={self.kernel.name}, bias={self.bias is not None}")
+                f"padding={self.padding}, kernel={self.kernel.name}, bias={self.bias is not None}, "
+                f"activation={self.activation}")
+
+
+SPARSE_MODULES = (SparseLinear, SparseConv2d)

@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from spruce.deploy.compare import DEFAULT_ATOL, DEFAULT_RTOL, mismatch, run_model
+from spruce.deploy.fusion import find_fusions
 from spruce.deploy.modules import SparseConv2d
 from spruce.perf.allocator import steady_allocator
 from spruce.perf.timing import median, time_ms
-from spruce.kernels.registry import Kernel
+from spruce.kernels.registry import Kernel, apply_activation
 
 MODES = ("sparse", "dense", "auto")
 #: deploy=auto keeps the original module unless a sparse kernel is at least this much faster (0.1 = 10%): single
@@ -177,12 +178,13 @@ def _layer_info(name: str, layer: nn.Module, x: torch.Tensor) -> dict[str, Any]:
             "input_shape": list(x.shape)}
 
 
-def _call(kernel: Kernel, packed: Any, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _call(kernel: Kernel, packed: Any, layer: nn.Module, x: torch.Tensor, activation: str = "none"
+          ) -> torch.Tensor:
     bias = None if layer.bias is None else layer.bias.detach()
     if isinstance(layer, nn.Conv2d):
         return kernel.conv2d(packed, x, tuple(layer.kernel_size), tuple(layer.stride), tuple(layer.padding),
-                             tuple(layer.dilation), bias, "none")
-    return kernel.linear(packed, x, bias, "none")
+                             tuple(layer.dilation), bias, activation)
+    return kernel.linear(packed, x, bias, activation)
 
 
 def _flat_weight(layer: nn.Module) -> torch.Tensor:
@@ -233,77 +235,75 @@ def _shortlist(candidates: Sequence[Kernel], info: dict[str, Any], predictor: Pr
     return [k for k in candidates if k.name in keep], ranked[shortlist:], predicted, left
 
 
-def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequence[Kernel], mode: str,
-               objective: str, repeats: int = 5, warmup: int = 2, device: str = "cpu",
-               rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-               predictor: Predictor | None = None, budget_s: float = 1.0,
-               shortlist: int | None = None) -> dict[str, Any]:
-    """Time every candidate kernel for one layer on its captured input ``x``; return the plan entry.
-
-    ``budget_s``: per candidate, stop repeating once the timed runs took this long (at least one run).
-    ``shortlist``: with a ``predictor``, only the ``shortlist`` candidates the model predicts fastest are prepared,
-    verified and timed (a candidate the model cannot predict is always timed; one that fails is replaced by the
-    next-ranked); the others are recorded as not timed, with their predicted ms under ``predicted``."""
-    info = _layer_info(name, layer, x)
-    candidates, reserve, predicted, not_timed = _shortlist(candidates, info, predictor, shortlist)
-    w = _flat_weight(layer)
-    dense_bytes = w.numel() * w.element_size()
+def _dense_side(layer: nn.Module, x: torch.Tensor, activation: str, repeats: int, warmup: int, device: str,
+                budget_s: float) -> tuple[torch.Tensor, float, int]:
+    """``(reference output, median ms, timed runs)`` of the original layer, followed by its activation when the
+    layer is a fusion candidate (so the sparse epilogue is compared with what it replaces)."""
+    def run() -> torch.Tensor:
+        return apply_activation(layer(x), activation)
     with torch.inference_mode():
-        ref = layer(x)
-    dense_runs = time_ms(lambda: layer(x), repeats=repeats, warmup=warmup, device=device, budget_s=budget_s)
-    dense_ms = median(dense_runs)
-    entry: dict[str, Any] = {"kind": info["kind"], "shape": [info["m"], info["k"]], "n": info["n"],
-                             "input_shape": info["input_shape"], "sparsity": 1.0 - info["density"],
-                             "dense_ms": dense_ms, "dense_bytes": dense_bytes}
-    results: dict[str, Any] = {DENSE: dense_ms, **not_timed}
-    runs: dict[str, int] = {DENSE: len(dense_runs)}
-    stats: dict[str, dict[str, Any]] = {DENSE: {"ms": dense_ms, "bytes": dense_bytes, "format": "dense",
-                                                "convert_ms": 0.0}}
-    skip = SparseConv2d.unsupported_reason(layer) if isinstance(layer, nn.Conv2d) else None
-    if skip:
-        entry["skipped"] = skip
-    elif mode != "dense":
-        best = dense_ms
-        queue = list(candidates)
+        ref = run()
+    runs = time_ms(run, repeats=repeats, warmup=warmup, device=device, budget_s=budget_s)
+    return ref, median(runs), len(runs)
 
-        def failed(kern: Kernel, why: str) -> None:
-            """Record a failure; a failed shortlisted kernel makes room for the next-ranked one."""
+
+def _try_candidate(kern: Kernel, w: torch.Tensor, layer: nn.Module, x: torch.Tensor, ref: torch.Tensor,
+                   activation: str, best: float, t: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """Prepare (timed), verify against ``ref``, then time one candidate: ``(stats, None)`` or ``(None, why)``.
+
+    ``t``: the timing options of :func:`plan_layer` (``repeats``, ``warmup``, ``device``, ``budget_s``, ``rtol``,
+    ``atol``). Exceptions other than a wrong output propagate (the caller records them as failures)."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        packed = kern.prepare(w)
+    convert_ms = (time.perf_counter() - t0) * 1e3
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        y = _call(kern, packed, layer, x, activation)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    why = mismatch(y, ref, t["rtol"], t["atol"])
+    del y
+    if why:
+        return None, f"wrong output: {why}"
+    ms, n_runs = _time_candidate(lambda: _call(kern, packed, layer, x, activation), first_ms, t["repeats"],
+                                 t["warmup"], t["device"], best, t["budget_s"])
+    return {"ms": ms, "bytes": int(kern.weight_bytes(packed)), "format": kern.format, "convert_ms": convert_ms,
+            "runs": n_runs}, None
+
+
+def _time_candidates(candidates: Sequence[Kernel], reserve: list[Kernel], predicted: dict[str, float],
+                     w: torch.Tensor, layer: nn.Module, x: torch.Tensor, ref: torch.Tensor, activation: str,
+                     dense_ms: float, results: dict[str, Any], stats: dict[str, dict[str, Any]],
+                     t: dict[str, Any]) -> None:
+    """Try every candidate in turn, filling ``results`` (ms or ``"failed: ..."``) and ``stats`` (working ones).
+
+    A failed shortlisted kernel makes room for the next-ranked one of ``reserve``."""
+    best = dense_ms
+    queue = list(candidates)
+    while queue:
+        kern = queue.pop(0)
+        try:
+            s, why = _try_candidate(kern, w, layer, x, ref, activation, best, t)
+        except Exception as e:  # a failing kernel is reported, never timed; the plan goes on
+            s, why = None, _one_line(e)
+        if s is None:
             results[kern.name] = f"failed: {why}"
             if kern.name in predicted and reserve:
                 nxt = reserve.pop(0)
                 results.pop(nxt.name, None)
                 queue.append(nxt)
+            continue
+        best = min(best, s["ms"])
+        results[kern.name] = s["ms"]
+        stats[kern.name] = s
 
-        while queue:
-            kern = queue.pop(0)
-            try:
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    packed = kern.prepare(w)
-                convert_ms = (time.perf_counter() - t0) * 1e3
-                t0 = time.perf_counter()
-                with torch.inference_mode():
-                    y = _call(kern, packed, layer, x)
-                first_ms = (time.perf_counter() - t0) * 1e3
-                why = mismatch(y, ref, rtol, atol)
-                del y
-                if why:
-                    failed(kern, f"wrong output: {why}")
-                    continue
-                ms, n_runs = _time_candidate(lambda: _call(kern, packed, layer, x), first_ms, repeats, warmup,
-                                             device, best, budget_s)
-                best = min(best, ms)
-                results[kern.name] = ms
-                runs[kern.name] = n_runs
-                stats[kern.name] = {"ms": ms, "bytes": int(kern.weight_bytes(packed)), "format": kern.format,
-                                    "convert_ms": convert_ms}
-                del packed
-            except Exception as e:  # a failing kernel is reported, never timed; the plan goes on
-                failed(kern, _one_line(e))
-    # registered dense-format kernels are timed for reference but never chosen: "dense" (the original module)
-    # is the dense option, so a converted layer is always a sparse one
+
+def _choose(name: str, stats: dict[str, dict[str, Any]], results: dict[str, Any], mode: str, objective: str,
+            keep_dense: bool) -> str:
+    """The chosen candidate: registered dense-format kernels are timed for reference but never chosen ("dense",
+    the original module, is the dense option, so a converted layer is always a sparse one)."""
     choices = [n for n, s in stats.items() if s["format"] != "dense" or (mode == "auto" and n == DENSE)]
-    if mode == "dense" or skip:
+    if mode == "dense" or keep_dense:
         choices = [DENSE]
     if not choices:
         fails = "; ".join(f"{k}: {v}" for k, v in results.items() if k != DENSE) or "no sparse candidates"
@@ -314,22 +314,69 @@ def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequenc
     if (mode == "auto" and objective == "latency" and pick != DENSE and DENSE in stats
             and stats[pick]["ms"] * (1.0 + AUTO_MARGIN) > stats[DENSE]["ms"]):
         pick = DENSE  # a per-layer win inside the timing noise is not worth a conversion (and often isn't real)
+    return pick
+
+
+def _predict_pick(entry: dict[str, Any], pick: str, fmt: str, info: dict[str, Any],
+                  predictor: Predictor | None) -> None:
+    if predictor is None:
+        return
+    try:
+        entry["predicted_ms"] = predictor(pick, {**info, "format": fmt})
+    except Exception as e:  # the model is optional; its failure is reported, not hidden
+        entry["predicted_ms"] = None
+        entry["predictor_error"] = _one_line(e)
+
+
+def plan_layer(name: str, layer: nn.Module, x: torch.Tensor, candidates: Sequence[Kernel], mode: str,
+               objective: str, repeats: int = 5, warmup: int = 2, device: str = "cpu",
+               rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
+               predictor: Predictor | None = None, budget_s: float = 1.0,
+               shortlist: int | None = None, fusion: dict[str, str] | None = None) -> dict[str, Any]:
+    """Time every candidate kernel for one layer on its captured input ``x``; return the plan entry.
+
+    ``budget_s``: per candidate, stop repeating once the timed runs took this long (at least one run).
+    ``shortlist``: with a ``predictor``, only the ``shortlist`` candidates the model predicts fastest are prepared,
+    verified and timed (a candidate the model cannot predict is always timed; one that fails is replaced by the
+    next-ranked); the others are recorded as not timed, with their predicted ms under ``predicted``.
+    ``fusion``: ``{"activation", "module"}`` (:func:`spruce.deploy.fusion.find_fusions`) when the layer's output
+    goes only to that activation: candidates run with it as their epilogue and are checked and timed against the
+    dense layer + activation; the entry records ``fusion`` when a sparse kernel is chosen."""
+    info = _layer_info(name, layer, x)
+    candidates, reserve, predicted, not_timed = _shortlist(candidates, info, predictor, shortlist)
+    activation = fusion["activation"] if fusion else "none"
+    w = _flat_weight(layer)
+    dense_bytes = w.numel() * w.element_size()
+    ref, dense_ms, dense_runs = _dense_side(layer, x, activation, repeats, warmup, device, budget_s)
+    entry: dict[str, Any] = {"kind": info["kind"], "shape": [info["m"], info["k"]], "n": info["n"],
+                             "input_shape": info["input_shape"], "sparsity": 1.0 - info["density"],
+                             "dense_ms": dense_ms, "dense_bytes": dense_bytes}
+    if fusion:  # dense_ms (and every candidate's ms) then includes the activation
+        entry["fusable"] = activation
+    results: dict[str, Any] = {DENSE: dense_ms, **not_timed}
+    stats: dict[str, dict[str, Any]] = {DENSE: {"ms": dense_ms, "bytes": dense_bytes, "format": "dense",
+                                                "convert_ms": 0.0, "runs": dense_runs}}
+    skip = SparseConv2d.unsupported_reason(layer) if isinstance(layer, nn.Conv2d) else None
+    if skip:
+        entry["skipped"] = skip
+    elif mode != "dense":
+        t = {"repeats": repeats, "warmup": warmup, "device": device, "budget_s": budget_s, "rtol": rtol, "atol": atol}
+        _time_candidates(candidates, reserve, predicted, w, layer, x, ref, activation, dense_ms, results, stats, t)
+    pick = _choose(name, stats, results, mode, objective, keep_dense=bool(skip))
     s = stats[pick]
     saving = dense_ms - s["ms"]
     entry.update({"kernel": pick, "format": s["format"], "weight_bytes": s["bytes"], "measured_ms": s["ms"],
                   "convert_ms": s["convert_ms"], "speedup": dense_ms / s["ms"] if s["ms"] > 0 else float("inf"),
                   "amortise_inferences": (s["convert_ms"] / saving) if saving > 0 else float("inf"),
-                  "predicted_ms": None, "candidates": results, "timed_runs": runs})
+                  "predicted_ms": None, "candidates": results,
+                  "timed_runs": {n: st["runs"] for n, st in stats.items()}})
     if predicted:
         entry["predicted"] = predicted
     if pick == DENSE:
         entry["amortise_inferences"] = 0.0  # nothing to convert
-    if predictor is not None:
-        try:
-            entry["predicted_ms"] = predictor(pick, {**info, "format": s["format"]})
-        except Exception as e:  # the model is optional; its failure is reported, not hidden
-            entry["predicted_ms"] = None
-            entry["predictor_error"] = _one_line(e)
+    elif fusion:
+        entry["fusion"] = {"activation": fusion["activation"], "module": fusion["module"]}
+    _predict_pick(entry, pick, s["format"], info, predictor)
     return entry
 
 
@@ -337,7 +384,7 @@ def plan(model: nn.Module, example_input: object, candidates: Sequence[Kernel], 
          mode: str = "auto", repeats: int = 5, layers: Sequence[str] | None = None, warmup: int = 2,
          device: str = "cpu", rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
          predictor: Predictor | None = None, progress: bool = True, budget_s: float = 1.0,
-         shortlist: int | None = None) -> Plan:
+         shortlist: int | None = None, fuse: bool = True) -> Plan:
     """Plan every selected layer of ``model`` (eval mode) on the shapes ``example_input`` produces.
 
     Args:
@@ -355,6 +402,9 @@ def plan(model: nn.Module, example_input: object, candidates: Sequence[Kernel], 
             again (``timed_runs`` 0 in the entry).
         shortlist: time only the ``shortlist`` candidates ``predictor`` ranks fastest per layer (needs a
             predictor): the performance model saves planning time; the entry keeps every prediction.
+        fuse: find Linear/Conv2d -> ReLU/GELU pairs (:func:`spruce.deploy.fusion.find_fusions`, confirmed on
+            ``example_input``) and plan them as one kernel call with the activation as epilogue; a layer deployed
+            sparse records ``fusion: {activation, module}``, and ``meta.fusions`` counts the deployed ones.
     """
     if mode not in MODES:
         raise ValueError(f"unknown deploy mode {mode!r}; allowed: {', '.join(MODES)}")
@@ -371,6 +421,7 @@ def plan(model: nn.Module, example_input: object, candidates: Sequence[Kernel], 
     names = prunable_layers(model, layers)
     mods = dict(model.named_modules())
     inputs = capture_inputs(model, example_input, names)
+    fusions = find_fusions(model, names, example_input) if fuse else {}
     out = Plan(meta={"mode": mode, "objective": objective, "device": device, "repeats": repeats,
                      "warmup": warmup, "budget_s": budget_s, "threads": torch.get_num_threads(),
                      "torch": torch.__version__, "shortlist": shortlist,
@@ -383,5 +434,7 @@ def plan(model: nn.Module, example_input: object, candidates: Sequence[Kernel], 
         if progress:
             it.set_postfix_str(n)
         out.layers[n] = plan_layer(n, mods[n], inputs.pop(n), candidates, mode, objective, repeats, warmup,
-                                   device, rtol, atol, predictor, budget_s, shortlist)
+                                   device, rtol, atol, predictor, budget_s, shortlist, fusions.get(n))
+    out.meta["fuse"] = fuse
+    out.meta["fusions"] = sum(1 for e in out.layers.values() if "fusion" in e)
     return out

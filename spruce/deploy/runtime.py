@@ -7,11 +7,13 @@ import torch
 from torch import nn
 
 from spruce.deploy.compare import DEFAULT_ATOL, DEFAULT_RTOL, first_tensor, mismatch, run_model
+from spruce.deploy.fusion import apply_fusion
 from spruce.deploy.memory import peak_bytes, reset_peak
 from spruce.deploy.modules import SparseConv2d, SparseLinear
 from spruce.deploy.plan import DENSE, Plan
 from spruce.perf.timing import median, p90, time_ms
 from spruce.kernels import get as get_kernel
+from spruce.kernels.registry import apply_activation
 
 SPARSE_MODULES = (SparseLinear, SparseConv2d)
 
@@ -33,8 +35,10 @@ def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
 def convert_(model: nn.Module, plan: Plan, device: str | None = None) -> dict[str, float]:
     """Swap every planned layer whose kernel is not ``"dense"`` for a Sparse module, in place.
 
-    Returns ``{fqn: conversion ms}`` (the ``prepare`` time of each swapped layer). ValueError when the plan names
-    a layer that is missing or of another kind, an unknown kernel, or a kernel unavailable here.
+    A layer whose entry records a ``fusion`` gets the activation as its kernel's epilogue, and the activation
+    module (``fusion["module"]``) becomes ``nn.Identity``. Returns ``{fqn: conversion ms}`` (the ``prepare`` time
+    of each swapped layer). ValueError when the plan names a layer that is missing or of another kind, an unknown
+    kernel, a kernel unavailable here, or a fused activation the model does not have.
     """
     import time
     mods = dict(model.named_modules())
@@ -53,20 +57,24 @@ def convert_(model: nn.Module, plan: Plan, device: str | None = None) -> dict[st
         if device is not None and kernel.device != device:
             raise ValueError(f"plan layer {fqn!r}: kernel {name!r} runs on {kernel.device}, not {device}")
         shape = entry.get("shape")
+        fusion = entry.get("fusion")
+        activation = fusion["activation"] if fusion else "none"
         t0 = time.perf_counter()
         if isinstance(layer, nn.Linear):
             if shape and list(shape) != [layer.out_features, layer.in_features]:
                 raise ValueError(f"plan layer {fqn!r} has shape {shape}, model has "
                                  f"{[layer.out_features, layer.in_features]}")
-            new: nn.Module = SparseLinear.from_linear(layer, kernel)
+            new: nn.Module = SparseLinear.from_linear(layer, kernel, activation=activation)
         elif isinstance(layer, nn.Conv2d):
             if shape and list(shape) != [layer.out_channels, layer.weight[0].numel()]:
                 raise ValueError(f"plan layer {fqn!r} has shape {shape}, model has "
                                  f"{[layer.out_channels, layer.weight[0].numel()]}")
-            new = SparseConv2d.from_conv(layer, kernel)
+            new = SparseConv2d.from_conv(layer, kernel, activation=activation)
         else:
             raise ValueError(f"plan layer {fqn!r} is a {type(layer).__name__}; only Linear and Conv2d convert")
         times[fqn] = (time.perf_counter() - t0) * 1e3
+        if fusion:
+            apply_fusion(model, fqn, fusion)
         _set_module(model, fqn, new)
     return times
 
@@ -110,9 +118,12 @@ def verify_against(reference: tuple[object, dict[str, torch.Tensor], list[str]],
     for n in names:
         if n not in got:
             raise VerificationError(n, "layer did not run in the converted model")
-        why = mismatch(got[n], ref[n], rtol, atol)
+        # a fused layer's output already holds its activation: compare with the dense layer + that activation
+        act = getattr(smods[n], "activation", "none") if isinstance(smods[n], SPARSE_MODULES) else "none"
+        want = ref[n] if act == "none" else apply_activation(ref[n].clone(), act)
+        why = mismatch(got[n], want, rtol, atol)
         if why:
-            raise VerificationError(n, why)
+            raise VerificationError(n, why if act == "none" else f"{why} (fused {act})")
     why = mismatch(first_tensor(y), first_tensor(y_ref), rtol, atol)
     if why:
         raise VerificationError("<model output>", why)
