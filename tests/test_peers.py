@@ -174,12 +174,23 @@ def test_export_is_atomic_and_runs_with_a_free_batch_dimension(tmp_path):
     import onnx
     import onnxruntime as ort
     m = tiny_cnn()
-    path = export_onnx(m, torch.randn(1, 3, 8, 8), tmp_path / "sub" / "m.onnx", dynamic_batch=True)
+    path = export_onnx(m, torch.randn(1, 3, 8, 8), tmp_path / "sub" / "m.onnx", dynamic=True)
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx"]  # no temporary left behind
     onnx.checker.check_model(str(path))
     x = torch.randn(3, 3, 8, 8)
     y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(y), m(x).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_bert_export_with_free_batch_and_sequence_dimensions(tmp_path):
+    import onnxruntime as ort
+    m, x = tiny_bert()
+    path = export_onnx(m, x, tmp_path / "bert.onnx", dynamic=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x2 = example_input(m, 2, seq_len=9)
+    y = sess.run(None, {k: v.numpy() for k, v in x2.items()})
+    assert [o.name for o in sess.get_outputs()] == ["output"] and y[0].shape == (2, 3)
+    torch.testing.assert_close(torch.from_numpy(y[0]), m(**x2).logits.detach(), rtol=1e-4, atol=1e-5)
 
 
 def test_a_failing_export_raises_one_value_error_and_leaves_no_file(tmp_path):
@@ -189,3 +200,40 @@ def test_a_failing_export_raises_one_value_error_and_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match="ONNX export of Broken failed: .*boom"):
         export_onnx(Broken(), torch.randn(1, 3), tmp_path / "b.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- export.py formats=[onnx] --------------------------------------------------------------------------------
+def _vgg_ckpt(tmp_path: Path) -> tuple[Path, nn.Module]:
+    m = build_model("vgg16", num_classes=10, width_div=16).eval()
+    state = {f"model.{k}": v for k, v in m.state_dict().items()}
+    layers = {n: {"kind": "linear" if isinstance(mod, nn.Linear) else "conv2d", "shape": list(mod.weight.shape),
+                  "pruned": False} for n, mod in m.named_modules() if isinstance(mod, (nn.Linear, nn.Conv2d))}
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": state, "spruce": {"model": dict(m.spruce_config), "data": {}, "layers": layers,
+                                                "sparsity": {}, "metrics": {}, "version": 1}}, path)
+    return path, m
+
+
+def test_export_formats_onnx_writes_the_whole_model_next_to_the_layer_files(tmp_path):
+    import onnxruntime as ort
+    from spruce.sparse.export import export_checkpoint
+    from spruce.sparse.manifest import read_manifest
+    ckpt, m = _vgg_ckpt(tmp_path)
+    out = export_checkpoint(ckpt, tmp_path / "both", formats=["npz", "onnx"], kinds=[], report=False, progress=False)
+    man = read_manifest(out)
+    assert man["model_onnx"] == "model.onnx" and man["formats"] == ["npz"]
+    assert all(set(e["files"]) == {"npz"} for e in man["layers"])
+    x = example_input(m, 2)
+    y = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(y[0]), m(x).detach(), rtol=1e-4, atol=1e-5)
+    only = export_checkpoint(ckpt, tmp_path / "only", formats=["onnx"], report=True, progress=False)
+    assert sorted(p.name for p in only.iterdir()) == ["manifest.json", "model.onnx"]
+
+
+def test_export_formats_onnx_is_checked_like_the_others(tmp_path):
+    from spruce.sparse.export import check_formats, export_synthetic
+    with pytest.raises(ValueError, match="unknown format 'onx'; allowed: smtx, mtx, npz, onnx"):
+        check_formats(["onx"])
+    with pytest.raises(ValueError, match="synthetic.only has no model"):
+        export_synthetic(tmp_path / "s", ["vgg16"], [0.9], formats=["npz", "onnx"])
+    assert not (tmp_path / "s").exists()

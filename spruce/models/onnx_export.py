@@ -78,13 +78,14 @@ def input_arrays(example: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, t
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor], path: str | Path,
-                opset: int = DEFAULT_OPSET, dynamic_batch: bool = False, hidden: bool = False) -> Path:
+                opset: int = DEFAULT_OPSET, dynamic: bool = False, hidden: bool = False) -> Path:
     """Write ``model`` (eval mode, CPU copy of its inputs' device) as ONNX to ``path``; returns the path.
 
     ``example``: an image batch ``[B, 3, H, W]`` (input named ``input``) or a dict of ``[B, S]`` tensors
     (``input_ids``/``attention_mask``, inputs named after the keys). The output is named ``output`` (plus
     ``hidden``, the last hidden state, when ``hidden`` and the inputs are a dict). Shapes are
-    fixed to the example's (what the engines optimise best) unless ``dynamic_batch`` makes dimension 0 free.
+    fixed to the example's (what the engines optimise best) unless ``dynamic``: then the batch dimension is free,
+    and for dict inputs the sequence dimension too (up to the model's ``max_position_embeddings``).
     Atomic: written under a temporary name in the same folder, then renamed, so a reader never sees half a file.
     ValueError when the exporter fails (the message names the model class and the exporter's reason).
     """
@@ -95,7 +96,11 @@ def export_onnx(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor
     hidden = hidden and not isinstance(example, torch.Tensor)
     wrapped = _Positional(model, None if isinstance(example, torch.Tensor) else names, hidden).eval()
     outputs = ["output", "hidden"] if hidden else ["output"]
-    dyn = {n: {0: "batch"} for n in [*names, *outputs]} if dynamic_batch else None
+    dyn = None
+    if dynamic:
+        seq = {} if isinstance(example, torch.Tensor) else {1: "sequence"}
+        dyn = {**{n: {0: "batch", **seq} for n in names}, "output": {0: "batch"},
+               **({"hidden": {0: "batch", 1: "sequence"}} if hidden else {})}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     was_training = model.training
     model.eval()
@@ -114,4 +119,16 @@ def export_onnx(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor
     return path
 
 
-__all__ = ["DEFAULT_OPSET", "export_onnx", "input_arrays", "main_output", "reference_outputs"]
+def export_checkpoint_onnx(ckpt: str | Path, path: str | Path, seq_len: int = 128, opset: int = DEFAULT_OPSET
+                           ) -> Path:
+    """A training checkpoint's pruned model as ONNX at ``path`` (batch, and for BERT sequence, dimensions free).
+
+    The example input that traces it: the checkpoint's image size, or ``seq_len`` tokens for BERT-family models.
+    """
+    from spruce.models import example_input
+    from spruce.models.checkpoint import model_from_checkpoint
+    model, _ = model_from_checkpoint(ckpt)
+    return export_onnx(model, example_input(model, 1, seq_len=seq_len), path, opset=opset, dynamic=True)
+
+
+__all__ = ["DEFAULT_OPSET", "export_checkpoint_onnx", "export_onnx", "input_arrays", "main_output", "reference_outputs"]

@@ -7,6 +7,7 @@ Export directory (written under a temporary name next to ``out``, renamed into p
     out/synthetic/<kind>/<fqn>.<fmt>                     twins of the real layers (same shape and nnz)
     out/synthetic/<model>/<kind>/<sparsity>/<name>.<fmt>  synthetic-only matrices of named shapes (DLMC layout)
     out/report.md, out/plots/*.png                       the comparison report (spruce.sparse.compare)
+    out/model.onnx                                       formats=[..., onnx]: the whole pruned model (checkpoints only)
 
 ``manifest.json``: schema in ``spruce.sparse.manifest`` (which also reads an export back).
 
@@ -38,14 +39,19 @@ from spruce.sparse.synthetic import KINDS, check_kind, check_sparsity, derive_se
 
 
 
+#: formats of the whole model rather than of each layer's matrix (export_checkpoint only)
+MODEL_FORMATS = ("onnx",)
+
+
 # ---- validation -----------------------------------------------------------------------------------------
 def check_formats(formats: Sequence[str]) -> list[str]:
     formats = list(formats)
+    allowed = ", ".join(FORMATS + MODEL_FORMATS)
     if not formats:
-        raise ValueError(f"formats is empty; allowed: {', '.join(FORMATS)}")
+        raise ValueError(f"formats is empty; allowed: {allowed}")
     for f in formats:
-        if f not in FORMATS:
-            raise ValueError(f"unknown format {f!r}; allowed: {', '.join(FORMATS)}")
+        if f not in FORMATS + MODEL_FORMATS:
+            raise ValueError(f"unknown format {f!r}; allowed: {allowed}")
     return list(dict.fromkeys(formats))
 
 
@@ -215,9 +221,15 @@ def export_checkpoint(ckpt: str | Path, out: str | Path | None = None, formats: 
     """Export every Linear/Conv2d of checkpoint ``ckpt`` to ``out`` (see the module docstring); returns ``out``.
 
     ``kinds``: synthetic twins to generate for every pruned layer (empty for none). ``report`` writes
-    ``report.md`` + ``plots/`` (with the DLMC sample at ``dlmc`` as a third reference when given).
+    ``report.md`` + ``plots/`` (with the DLMC sample at ``dlmc`` as a third reference when given). ``onnx`` in
+    ``formats`` adds ``model.onnx`` (``spruce.models.onnx_export``); ``formats=[onnx]`` alone writes it and the
+    manifest only (no per-layer files, so no twins and no report).
     """
     formats, kinds = check_formats(formats), check_kinds(kinds)
+    onnx = "onnx" in formats
+    formats = [f for f in formats if f not in MODEL_FORMATS]
+    if not formats:
+        kinds, report = [], False
     ckpt_data = load_checkpoint_file(ckpt)
     layers = checkpoint_layers(ckpt_data, source=str(ckpt))
     meta = ckpt_data.get("spruce") if isinstance(ckpt_data.get("spruce"), dict) else {}
@@ -228,7 +240,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path | None = None, formats: 
             csr, n_out = layer_csr(layer)
             m, k = csr.shape
             files = write_matrix(csr, tmp / "layers" / safe_name(layer.name), formats, layer.weight.shape, tmp,
-                                 comment=f"spruce layer {layer.name} ({layer.kind}) from {Path(ckpt).name}")
+                                 comment=f"spruce layer {layer.name} ({layer.kind}) from {Path(ckpt).name}"
+                                 ) if formats else {}
             entries.append({"name": layer.name, "kind": layer.kind, "original_shape": list(layer.weight.shape),
                             "shape": [m, k], "nnz": csr.nnz, "sparsity": 1.0 - csr.nnz / (m * k),
                             "dtype": dtype_name(csr.values.dtype), "pruned": layer.pruned,
@@ -240,6 +253,9 @@ def export_checkpoint(ckpt: str | Path, out: str | Path | None = None, formats: 
                                **{key: _json_ready(meta.get(key)) for key in ("model", "data", "sparsity",
                                                                               "metrics", "run")}},
                     "formats": formats, "seed": int(seed), "layers": entries, "synthetic": twins}
+        if onnx:
+            from spruce.models.onnx_export import export_checkpoint_onnx
+            manifest["model_onnx"] = export_checkpoint_onnx(ckpt, tmp / "model.onnx").name
         write_manifest(tmp, manifest)
         if report:
             write_report(tmp, dlmc=dlmc, progress=progress)
@@ -270,6 +286,8 @@ def export_synthetic(out: str | Path, shapes: Sequence[str], sparsities: Sequenc
     DLMC comparison report is written.
     """
     formats, kinds = check_formats(formats), check_kinds(kinds)
+    if any(f in MODEL_FORMATS for f in formats):
+        raise ValueError("formats=[onnx] exports a checkpoint's model; synthetic.only has no model (drop onnx)")
     if "row_matched" in kinds:
         raise ValueError("kind 'row_matched' needs a real layer; with synthetic.only use uniform, balanced, magnitude")
     for s in sparsities:
