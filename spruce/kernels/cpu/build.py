@@ -14,6 +14,7 @@ a set the CPU lacks makes the kernels unavailable with that reason, never an ill
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -59,26 +60,28 @@ def _cpu_flags() -> set[str] | None:
     return None
 
 
-def cpu_isas() -> list[str]:
-    """The instruction sets of ``ISAS`` this CPU has (from ``/proc/cpuinfo``; torch's capability elsewhere)."""
+@functools.cache
+def cpu_isas() -> tuple[str, ...]:
+    """The instruction sets of ``ISAS`` this CPU has (from ``/proc/cpuinfo``; torch's capability elsewhere).
+    Read once per process: every kernel call consults it."""
     flags = _cpu_flags()
     if flags is None:
         cap = torch.backends.cpu.get_cpu_capability()
-        return [i for i in ISAS if (i == "avx2" and cap.startswith(("AVX2", "AVX512"))) or
-                (i == "avx512" and cap.startswith("AVX512"))]
+        return tuple(i for i in ISAS if (i == "avx2" and cap.startswith(("AVX2", "AVX512"))) or
+                     (i == "avx512" and cap.startswith("AVX512")))
     have = []
     if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma"} <= flags:
         have.append("avx512")
     if {"avx2", "fma"} <= flags:
         have.append("avx2")
-    return have
+    return tuple(have)
 
 
 def isa() -> str:
     """The instruction set the kernels run with now: ``$SPRUCE_ISA`` if set (validated), else the best the CPU
     has. Raises ``RuntimeError`` naming the reason when there is none to use."""
     forced = os.environ.get(ENV, "").strip().lower()
-    have = cpu_isas()
+    have = list(cpu_isas())
     if forced in ("", "auto"):
         if not have:
             raise RuntimeError("this CPU has neither AVX-512 nor AVX2 + FMA; the spruce_cpu kernels need one "

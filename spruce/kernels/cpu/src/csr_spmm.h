@@ -6,9 +6,9 @@
 // | buffer | type | shape | layout / invariant |
 // |---|---|---|---|
 // | w.rp, w.cols, w.v | int32, int32/uint16, float32 | [m+1], [nnz], [nnz] | CSR, columns < k |
-// | panel (linear) | float32 | [k, NT] | x[p0:p0+NT, :]^T, packed by all threads, shared (L2-sized) |
+// | panel (linear) | float32 | [k, NT] | x[p0:p0+NT, :]^T, each thread transposes a slice of K, shared (L2-sized) |
 // | panel (matmul) | float32 | [k, NT] | X[:, p0:p0+NT] copied when X is wider than one panel (per thread) |
-// | stage (linear) | float32 | [W, NT] | W output rows of one panel, transposed to y by strided vector gathers |
+// | stage (linear) | float32 | [W, NT] | W output rows of one panel, transposed to y in 8 x 8 tiles |
 #pragma once
 
 constexpr int64_t SPAN = 64;  // output columns per row tile: 8 AVX2 or 4 AVX-512 accumulators
@@ -184,8 +184,8 @@ void csr_spmm_impl(const Csr& w, const I* ci, const float* X, int64_t n, const E
 // y[b, m] = act(x[b, k] @ W^T + bias), x and y row-major as nn.Linear holds them. Per panel of NT rows of x,
 // all threads pack x[p0:p0+NT, :]^T into one shared [k, NT] buffer (each a slice of K, strided vector gathers),
 // then each thread runs the same register-tiled row kernel as csr_spmm over its rows (balanced by nnz) into a
-// [W, NT] staging tile and writes W outputs per row of y with one vector store (a strided gather from the
-// tile): no transposed scalar stores and no copy of x outside the kernel.
+// [W, NT] staging tile and writes it to y with 8 x 8 register transposes (transpose.h): no transposed scalar
+// stores and no copy of x outside the kernel.
 template <typename I>
 void csr_linear_impl(const Csr& w, const I* ci, const float* x, int64_t nb, const Epilogue& ep, float* y, int T) {
   const int64_t m = w.m, k = w.k;
@@ -202,12 +202,7 @@ void csr_linear_impl(const Csr& w, const I* ci, const float* x, int64_t nb, cons
     std::vector<float> stage(static_cast<size_t>(W * NT));
     for (int64_t p0 = 0; p0 < nb; p0 += NT) {
       const int64_t pw = std::min(NT, nb - p0);
-      for (int64_t t0 = 0; t0 < pw; t0 += W) {
-        const Isa::Mask mk = Isa::tail(static_cast<int>(std::min<int64_t>(W, pw - t0)));
-        const float* src = x + (p0 + t0) * k;
-        for (int64_t kk = k0; kk < k1; ++kk)
-          Isa::storem(panel.data() + kk * pw + t0, mk, Isa::gather_stride(src + kk, k, mk));
-      }
+      transpose_block(x + p0 * k + k0, k, pw, k1 - k0, panel.data() + k0 * pw, pw);
 #pragma omp barrier
       for (int64_t i0 = r0; i0 < r1; i0 += W) {
         const int rows = static_cast<int>(std::min<int64_t>(W, r1 - i0));
@@ -218,9 +213,7 @@ void csr_linear_impl(const Csr& w, const I* ci, const float* x, int64_t nb, cons
             row_span(w.v, ci, w.rp[i], w.rp[i + 1], panel.data() + n0, pw,
                      static_cast<int>(std::min<int64_t>(SPAN, pw - n0)), b, ep.act, stage.data() + r * NT + n0);
         }
-        const Isa::Mask mr = Isa::tail(rows);
-        for (int64_t t = 0; t < pw; ++t)
-          Isa::storem(y + (p0 + t) * m + i0, mr, Isa::gather_stride(stage.data() + t, NT, mr));
+        transpose_block(stage.data(), NT, rows, pw, y + p0 * m + i0, m);
       }
 #pragma omp barrier
     }

@@ -16,6 +16,7 @@ namespace SPRUCE_ISA_NS {
 #include SPRUCE_SIMD_HEADER
 #include "simd_math.h"
 #include "partition.h"
+#include "transpose.h"
 #include "csr_spmm.h"
 #include "bsr_spmm.h"
 #include "conv_direct.h"
