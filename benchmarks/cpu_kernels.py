@@ -25,18 +25,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spruce.kernels import kernels as registered_kernels  # noqa: E402
+from spruce.study.shapes import gemm  # noqa: E402
 
-# name: (M, K, N, what)
-SHAPES: dict[str, tuple[int, int, int, str]] = {
-    "fc6_n1": (4096, 25088, 1, "VGG fc6, batch 1"),
-    "fc7_n1": (4096, 4096, 1, "VGG fc7, batch 1"),
-    "fc7_n32": (4096, 4096, 32, "VGG fc7, batch 32"),
-    "conv4_2": (512, 4608, 784, "VGG conv4_2 im2col, 28x28"),
-    "conv1_2": (64, 576, 50176, "VGG conv1_2 im2col, 224x224"),
-    "bert_ffn1": (3072, 768, 128, "BERT FFN in, seq 128"),
-    "bert_ffn2": (768, 3072, 128, "BERT FFN out, seq 128"),
-    "bert_attn": (768, 768, 128, "BERT attention proj, seq 128"),
+# name: (model, study layer, batch, what); (M, K, N) are read off the real models (spruce.study.shapes)
+CASES = {
+    "fc6_n1": ("vgg16", "fc6", 1, "VGG fc6, batch 1"),
+    "fc7_n1": ("vgg16", "fc7", 1, "VGG fc7, batch 1"),
+    "fc7_n32": ("vgg16", "fc7", 32, "VGG fc7, batch 32"),
+    "conv4_2": ("vgg16", "conv4_2", 1, "VGG conv4_2 im2col, 28x28"),
+    "conv1_2": ("vgg16", "conv1_2", 1, "VGG conv1_2 im2col, 224x224"),
+    "bert_ffn1": ("bert_base", "ffn_in", 1, "BERT FFN in, seq 128"),
+    "bert_ffn2": ("bert_base", "ffn_out", 1, "BERT FFN out, seq 128"),
+    "bert_attn": ("bert_base", "attn_q", 1, "BERT attention proj, seq 128"),
 }
+# name: (M, K, N, what)
+SHAPES: dict[str, tuple[int, int, int, str]] = {name: (*gemm(model, layer, batch), what)
+                                                for name, (model, layer, batch, what) in CASES.items()}
 SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 TORCH_SPARSE = ("torch_csr", "torch_bsr4", "torch_bsr16")
 TIME_BUDGET_S = 1.0  # per (kernel, case): slow baselines get fewer repeats (never fewer than 3)

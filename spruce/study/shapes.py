@@ -6,55 +6,53 @@ A layer is ``W`` ``[M, K]`` times ``X`` ``[K, N]`` with ``N = n_per_sample * bat
 are merged into one entry whose name lists them (``conv3_2+conv3_3``). The first VGG conv is left out (it is
 never pruned, ``spruce.prune.default_prunable``).
 
-``spruce.sparse.shapes`` holds the project's per-layer shape lists (every layer, for export twins); the study
-needs the *distinct* GEMM shapes with equal layers merged, which these tables give for the same architectures
-(torchvision VGG-16 at 224 x 224, BERT-base at sequence 128).
+The shapes are read off the real models (``spruce.models.shapes``: torchvision VGG-16 without batch norm at
+224 x 224, BERT-base at sequence 128, one forward on the ``meta`` device); this module only gives them the
+paper-style names the study's tables use (``conv4_2``, ``fc6``, ``ffn_in``) and merges equal ones.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
+from spruce.models.shapes import LayerShape, model_shapes as traced_model_shapes
 
-@dataclass(frozen=True)
-class LayerShape:
-    """One GEMM shape: ``model``, ``name``, ``m`` (out), ``k`` (in, im2col for convs), ``n_per_sample``, ``kind``."""
+__all__ = ["LayerShape", "gemm", "merge_equal", "model_shapes", "shapes_from_config"]
 
-    model: str
-    name: str
-    m: int
-    k: int
-    n_per_sample: int
-    kind: str  # "conv" | "linear"
-
-    def __post_init__(self) -> None:
-        if min(self.m, self.k, self.n_per_sample) < 1:
-            raise ValueError(f"layer {self.name!r}: m, k, n_per_sample must be >= 1, got "
-                             f"{self.m}, {self.k}, {self.n_per_sample}")
+#: BERT encoder Linears (the names inside one ``encoder.layer.<i>``) -> the study's short names
+_BERT_NAMES = {"attention.self.query": "attn_q", "attention.self.key": "attn_k", "attention.self.value": "attn_v",
+               "attention.output.dense": "attn_o", "intermediate.dense": "ffn_in", "output.dense": "ffn_out"}
 
 
-def _vgg16(input_size: int = 224) -> list[LayerShape]:
-    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
-    out, c_in, side, stage, idx = [], 3, input_size, 1, 1
-    for v in cfg:
-        if v == "M":
-            side //= 2
-            stage, idx = stage + 1, 1
-            continue
-        if not (stage == 1 and idx == 1):
-            out.append(LayerShape("vgg16", f"conv{stage}_{idx}", int(v), c_in * 9, side * side, "conv"))
-        c_in, idx = int(v), idx + 1
-    flat = 512 * 7 * 7
-    out += [LayerShape("vgg16", "fc6", 4096, flat, 1, "linear"),
-            LayerShape("vgg16", "fc7", 4096, 4096, 1, "linear"),
-            LayerShape("vgg16", "fc8", 1000, 4096, 1, "linear")]
-    return out
+def _named(s: LayerShape, name: str) -> LayerShape:
+    return LayerShape(name, s.kind, s.m, s.k, s.n_per_sample, s.original_shape, s.model)
 
 
-def _bert_base(seq: int = 128, hidden: int = 768, ffn: int = 3072) -> list[LayerShape]:
-    return [LayerShape("bert_base", "attn_q+k+v+o", hidden, hidden, seq, "linear"),
-            LayerShape("bert_base", "ffn_in", ffn, hidden, seq, "linear"),
-            LayerShape("bert_base", "ffn_out", hidden, ffn, seq, "linear")]
+@lru_cache(maxsize=4)
+def _vgg16(input_size: int = 224) -> tuple[LayerShape, ...]:
+    """VGG-16's convs as ``conv<stage>_<i>`` (a stage ends where the feature map shrinks), FC layers fc6-fc8."""
+    traced = traced_model_shapes("vgg16", input_kwargs={"input_size": input_size}, weights=None, batch_norm=False,
+                                 num_classes=1000, head="auto", input_size=input_size)
+    out, stage, idx, side, fc = [], 0, 0, None, 6
+    for s in traced:
+        if s.kind == "conv2d":
+            stage, idx = (stage + 1, 1) if s.n_per_sample != side else (stage, idx + 1)
+            side = s.n_per_sample
+            if (stage, idx) != (1, 1):
+                out.append(_named(s, f"conv{stage}_{idx}"))
+        else:
+            out.append(_named(s, f"fc{fc}"))
+            fc += 1
+    return tuple(out)
+
+
+@lru_cache(maxsize=4)
+def _bert_base(seq: int = 128) -> tuple[LayerShape, ...]:
+    """The six Linears of BERT-base's first encoder layer (the other eleven have the same shapes)."""
+    prefix = "bert.encoder.layer.0."
+    traced = traced_model_shapes("bert_base", input_kwargs={"seq_len": seq}, pretrained=None)
+    return tuple(_named(s, _BERT_NAMES[s.name[len(prefix):]]) for s in traced
+                 if s.name.startswith(prefix) and s.name[len(prefix):] in _BERT_NAMES)
 
 
 def merge_equal(shapes: list[LayerShape]) -> list[LayerShape]:
@@ -69,7 +67,7 @@ def merge_equal(shapes: list[LayerShape]) -> list[LayerShape]:
             name = names[0] + "".join("+" + x.split("_", 1)[1] for x in names[1:])
         else:
             name = "+".join(names)
-        out.append(LayerShape(model, name, m, k, n, kind))
+        out.append(LayerShape(name, kind, m, k, n, (m, k), model))
     return out
 
 
@@ -90,6 +88,15 @@ def shapes_from_config(spec: Any) -> list[LayerShape]:
     for i, d in enumerate(spec):
         if not isinstance(d, dict) or not {"m", "k", "n"} <= set(d):
             raise ValueError(f"shapes[{i}] = {d!r}: needs keys m, k, n (and optionally name, model, kind)")
-        out.append(LayerShape(str(d.get("model", "custom")), str(d.get("name", f"layer{i}")), int(d["m"]),
-                              int(d["k"]), int(d["n"]), str(d.get("kind", "linear"))))
+        out.append(LayerShape(str(d.get("name", f"layer{i}")), str(d.get("kind", "linear")), int(d["m"]), int(d["k"]),
+                              int(d["n"]), (int(d["m"]), int(d["k"])), str(d.get("model", "custom"))))
     return out
+
+
+def gemm(model: str, layer: str, batch: int = 1) -> tuple[int, int, int]:
+    """``(M, K, N)`` of the study layer of ``model`` named ``layer`` (any part of a merged name: ``conv4_3``)."""
+    for s in model_shapes(model):
+        first, *rest = s.name.split("+")  # merge_equal writes conv4_2 + conv4_3 as "conv4_2+3"
+        if layer in {s.name, first} | {first.split("_")[0] + "_" + r for r in rest}:
+            return s.m, s.k, s.n(batch)
+    raise ValueError(f"{model} has no layer {layer!r}; layers: {', '.join(s.name for s in model_shapes(model))}")

@@ -7,8 +7,6 @@ Exits non-zero with ``error: ...`` when no GPU is present or a kernel disagrees 
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -16,10 +14,22 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from spruce.io import atomic_write, write_csv
 from spruce.kernels import kernels
+from spruce.study.shapes import gemm
 
-SHAPES = {"bert_ffn1_3072x768_n128": (3072, 768, 128), "bert_ffn2_768x3072_n128": (768, 3072, 128),
-          "vgg_fc6_4096x25088_n1": (4096, 25088, 1), "vgg_fc7_4096x4096_n1": (4096, 4096, 1)}
+#: (model, study layer) pairs; (M, K, N) at batch 1 are read off the real models (spruce.study.shapes)
+CASES = (("bert_base", "ffn_in", "bert_ffn1"), ("bert_base", "ffn_out", "bert_ffn2"), ("vgg16", "fc6", "vgg_fc6"),
+         ("vgg16", "fc7", "vgg_fc7"))
+
+
+def shapes() -> dict[str, tuple[int, int, int]]:
+    """``{label: (M, K, N)}``, the label carrying the shape (``bert_ffn1_3072x768_n128``)."""
+    out = {}
+    for model, layer, stem in CASES:
+        m, k, n = gemm(model, layer)
+        out[f"{stem}_{m}x{k}_n{n}"] = (m, k, n)
+    return out
 
 
 def median_ms(fn, warmup: int = 5, reps: int = 30) -> float:
@@ -40,7 +50,7 @@ def median_ms(fn, warmup: int = 5, reps: int = 30) -> float:
 def run(sparsity: float) -> list[dict]:
     """One row per (shape, kernel): name, shape, median ms, speed-up over dense fp32, max abs error."""
     rows = []
-    for label, (m, k, n) in tqdm(SHAPES.items(), desc="shapes"):
+    for label, (m, k, n) in tqdm(shapes().items(), desc="shapes"):
         g = torch.Generator(device="cuda").manual_seed(0)
         w = torch.randn(m, k, device="cuda", generator=g)
         w[torch.rand(m, k, device="cuda", generator=g) < sparsity] = 0
@@ -67,20 +77,12 @@ def run(sparsity: float) -> list[dict]:
 
 
 def write(rows: list[dict], out: Path, sparsity: float) -> None:
-    """CSV and a markdown table, each written to a temporary name and renamed."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "gpu_smoke.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["shape", "kernel", "ms", "speedup", "max_err"])
-        wr.writeheader()
-        wr.writerows(rows)
-    os.replace(tmp, out / "gpu_smoke.csv")
+    """CSV and a markdown table, each written atomically (``spruce.io``)."""
+    write_csv(out / "gpu_smoke.csv", rows, ["shape", "kernel", "ms", "speedup", "max_err"])
     lines = [f"GPU: {torch.cuda.get_device_name()} | sparsity {sparsity} | median ms (CUDA events)", "",
              "| shape | kernel | ms | x dense fp32 |", "|---|---|---|---|"]
     lines += [f"| {r['shape']} | {r['kernel']} | {r['ms']:.4f} | {r['speedup']:.2f} |" for r in rows]
-    tmp = out / "gpu_smoke.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out / "gpu_smoke.md")
+    atomic_write(out / "gpu_smoke.md", "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
