@@ -237,3 +237,40 @@ def test_export_formats_onnx_is_checked_like_the_others(tmp_path):
     with pytest.raises(ValueError, match="synthetic.only has no model"):
         export_synthetic(tmp_path / "s", ["vgg16"], [0.9], formats=["npz", "onnx"])
     assert not (tmp_path / "s").exists()
+
+
+# ---- bench.py peers=[...] ------------------------------------------------------------------------------------
+TINY_BENCH = ["model=bert_base", "model.pretrained=null", "seq_len=16", "prune.final=0.8", "repeats=2",
+              "plan_repeats=1", "warmup=0", "progress=false", "kernels=[torch_csr]", "threads=1", "++compile=off",
+              "++model.config={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 48}"]
+
+
+def bench_cfg(overrides: list[str], out: Path) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="bench", overrides=overrides + [f"out_dir={out}"])
+    return {**OmegaConf.to_container(cfg, resolve=True), "model_explicit": True}
+
+
+def test_bench_puts_the_peers_in_the_same_table_plot_csv_and_wandb_run(tmp_path, monkeypatch):
+    from spruce.deploy.pipeline import bench
+    from spruce.deploy.report import read_rows
+    monkeypatch.setenv(peers.VENV_ENV, sys.prefix)  # this venv has onnxruntime, not deepsparse
+    out = bench(bench_cfg(TINY_BENCH + ["peers=[onnxruntime,deepsparse]"], tmp_path / "run"))
+    assert out["peer_onnxruntime_ms"] > 0 and out["peer_deepsparse_ms"] is None
+    assert [(r["engine"], r["status"]) for r in out["peers"]] == [("onnxruntime", "ok"), ("deepsparse", "not installed")]
+    run = tmp_path / "run"
+    summary = (run / "summary.md").read_text()
+    assert "## Peers in the same run" in summary and "**not installed**" in summary and "![peers](peers.png)" in summary
+    assert (run / "peers.png").is_file() and len((run / "peers.csv").read_text().splitlines()) == 3
+    assert read_rows(run / "rows.csv")[0]["peer_onnxruntime_ms"] > 0
+    assert any("peer deepsparse: not installed" in n for n in out["notes"])
+    assert Path(out["paths"]["wandb_run"]).is_dir()
+
+
+def test_bench_rejects_an_unknown_peer_before_building_anything(tmp_path):
+    from spruce.deploy.pipeline import bench
+    with pytest.raises(ValueError, match="unknown peer engine 'tensorrt' in peers; allowed: onnxruntime, deepsparse"):
+        bench(bench_cfg(TINY_BENCH + ["peers=[onnxruntime,tensorrt]"], tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()

@@ -206,5 +206,74 @@ def bench_peers(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor
         return run_peers(engines, prepare(model, example, tmp), threads, repeats, warmup, rtol, atol)
 
 
-__all__ = ["ENGINES", "ROW_KEYS", "STATUSES", "PeerJob", "bench_peers", "check_engines", "peers_python",
-           "compare_outputs", "peers_venv", "prepare", "run_peer", "run_peers"]
+# ---- report: the peers next to Spruce in the bench run's table, plot, CSV and W&B run -------------------------
+def peer_columns(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Flat row columns ``peer_<engine>_ms``: the median of an engine whose output matched, else None."""
+    return {f"peer_{r['engine']}_ms": r["median_ms"] if r["status"] == "ok" else None for r in rows}
+
+
+def peers_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV text of the peer rows (columns :data:`ROW_KEYS`)."""
+    from spruce.deploy.report import rows_csv
+    return rows_csv(rows, ROW_KEYS)
+
+
+def _ms(v: Any) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def peers_markdown(row: dict[str, Any]) -> str:
+    """The bench row's engines side by side (PyTorch dense, Spruce, each peer), same input/threads/repeats."""
+    spruce_ms = row.get("latency_ms_median")
+    lines = ["", f"## Peers in the same run ({row.get('input')}, {row.get('threads')} threads, "
+             f"median of {(row.get('peers') or [{}])[0].get('repeats')} runs)", "",
+             "| engine | status | median ms | p90 ms | Spruce is faster by | max abs err vs PyTorch | version |",
+             "|---|---|---|---|---|---|---|",
+             f"| PyTorch eager (dense) | ok | {_ms(row.get('dense_latency_ms_median'))} | "
+             f"{_ms(row.get('dense_latency_ms_p90'))} | {row.get('speedup') or 0:.2f}x | 0 | torch {torch.__version__} |",
+             f"| Spruce deploy={row.get('deploy')} | ok | {_ms(spruce_ms)} | {_ms(row.get('latency_ms_p90'))} | - | "
+             f"verified | - |"]
+    for r in row.get("peers") or []:
+        ratio = (f"{r['median_ms'] / spruce_ms:.2f}x" if r["median_ms"] and spruce_ms and r["status"] == "ok"
+                 else "-")
+        err = "-" if r["max_abs_err"] is None else f"{r['max_abs_err']:.2g}"
+        status = r["status"] if r["status"] == "ok" else f"**{r['status']}**: {r['why']}"
+        lines.append(f"| {r['engine']} | {status} | {_ms(r['median_ms'])} | {_ms(r['p90_ms'])} | {ratio} | {err} | "
+                     f"{r['version'] or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_peers(row: dict[str, Any], path: Path, title: str) -> Path:
+    """Bars of end-to-end median latency: PyTorch dense, Spruce, each peer that ran (a differing output hatched
+    and labelled); engines without a number are named under the plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from spruce.io import write_figure
+    bars = [("PyTorch dense", row.get("dense_latency_ms_median"), "#999999", ""),
+            (f"Spruce {row.get('deploy')}", row.get("latency_ms_median"), "#2a7ab9", "")]
+    missing = []
+    for r in row.get("peers") or []:
+        if r["median_ms"] is None:
+            missing.append(f"{r['engine']}: {r['status']}")
+        else:
+            differs = r["status"] != "ok"
+            bars.append((r["engine"] + (" (output differs)" if differs else ""), r["median_ms"],
+                         "#d62728" if differs else "#e6a23c", "//" if differs else ""))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(bars) + 1.4))
+    for i, (label, ms, color, hatch) in enumerate(bars):
+        ax.barh(i, ms or 0.0, color=color, hatch=hatch)
+        ax.text(ms or 0.0, i, f" {_ms(ms)}", va="center", fontsize=8)
+    ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("end-to-end latency, median (ms)" + (f"\nnot timed: {'; '.join(missing)}" if missing else ""))
+    ax.set_title(title, fontsize=9)
+    try:
+        return write_figure(path, fig, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+__all__ = ["ENGINES", "ROW_KEYS", "STATUSES", "PeerJob", "bench_peers", "check_engines", "compare_outputs",
+           "peer_columns", "peers_csv", "peers_markdown", "peers_python", "peers_venv", "plot_peers", "prepare",
+           "run_peer", "run_peers"]
