@@ -46,7 +46,8 @@ def main(cfg: DictConfig) -> None:
         print(json.dumps(out, indent=1, default=str))
         return
     keys = ("model", "init", "deploy", "sparsity", "latency_ms_median", "dense_latency_ms_median", "speedup",
-            "pruned_memory_ratio", "accuracy", "kernels_used")
+            "pruned_memory_ratio", "accuracy", "kernels_used", "peer_onnxruntime_ms", "peer_deepsparse_ms",
+            "peer_openvino_ms")
     print(json.dumps({k: out.get(k) for k in keys if k in out} | {"paths": out.get("paths")}, indent=1,
                      default=str))
 

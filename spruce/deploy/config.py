@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from spruce.deploy.peers import check_engines
 from spruce.deploy.plan import MODES, OBJECTIVES
 
 RUN_MODES = ("deploy", "study", "aggregate")
@@ -51,6 +52,7 @@ class BenchConfig:
     progress: bool = True
     predict: str = "auto"
     shortlist: int | None = None
+    peers: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,6 +112,7 @@ def from_dict(cfg: dict[str, Any]) -> BenchConfig:
         wandb=bool(logger.get("wandb", True)), wandb_offline=bool(logger.get("offline", True)),
         wandb_project=str(logger.get("project", "spruce")), progress=bool(cfg.get("progress", True)),
         predict=str(cfg.get("predict", "auto")).lower(), shortlist=cfg.get("shortlist"),
+        peers=cfg.get("peers") or [],
         extra={k: cfg[k] for k in ("study", "dir", "model_overrides") if k in cfg},
     )
     check(out)
@@ -160,6 +163,9 @@ def check(c: BenchConfig) -> None:
     if c.plan is not None and not Path(c.plan).is_file():
         raise ValueError(f"plan={c.plan!r} does not exist")
     c.device = resolve_device(c.device or None)
+    c.peers = check_engines(c.peers)
+    if c.peers and c.device != "cpu":
+        raise ValueError(f"peers={c.peers} are CPU engines; run them with device=cpu (device={c.device})")
     if c.wandb and not c.wandb_offline and not _wandb_key_present():
         raise ValueError("logger.offline=false needs a W&B API key (WANDB_API_KEY or `wandb login`); "
                          "keep logger.offline=true to log offline")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from spruce.perf.machine import resolve_threads
 from spruce.deploy.accuracy import accuracy, eval_loader
 from spruce.deploy.candidates import resolve_candidates
 from spruce.deploy.config import BenchConfig, from_dict
+from spruce.deploy.peers import peer_columns, peers_csv, peers_markdown, plot_peers, run_peers
+from spruce.deploy.peers import prepare as prepare_peers
 from spruce.deploy.plan import DENSE, Plan, plan
 from spruce.deploy.report import (LAYER_KEYS, ROW_KEYS, layer_rows, markdown_table, plot_layers, plot_sweep,
                                   read_rows, rows_csv, run_summary)
@@ -195,6 +198,9 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
     dense_layer_bytes = layer_weight_bytes(model, planned)
     dense_weight = sum(weight_bytes_by_format(model).values())
     dense_acc = accuracy(model, loader, c.accuracy_batches) if loader is not None else None
+    # peers get the pruned model as ONNX (plain dense layers holding the zeros), exported before conversion
+    peer_tmp = tempfile.TemporaryDirectory(prefix="spruce-peers-") if c.peers else None
+    peer_job = prepare_peers(model, inputs, peer_tmp.name) if peer_tmp is not None else None
     conv_ms = convert_(model, the_plan, c.device)
     if conv_ms:
         verify_against(ref, model, inputs, c.rtol, c.atol)
@@ -202,6 +208,10 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
         acc = accuracy(model, loader, c.accuracy_batches) if loader is not None else None
     else:
         sparse, acc = dense, dense_acc
+    peer_rows: list[dict[str, Any]] = []
+    if peer_job is not None:  # after Spruce's timing; each engine in its own process, same input/threads/repeats
+        peer_rows = run_peers(c.peers, peer_job, torch.get_num_threads(), c.repeats, c.warmup, c.rtol, c.atol)
+        peer_tmp.cleanup()
     del ref
 
     sp_label = "none" if sparsity is None else f"{float(sparsity):g}"
@@ -224,6 +234,9 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
         "plan_s": plan_s, "convert_ms": sum(conv_ms.values()),
     }
     row["pruned_memory_ratio"] = (row["pruned_layers_bytes"] / dense_layer_bytes) if dense_layer_bytes else None
+    if peer_rows:
+        row.update(peer_columns(peer_rows), peers=peer_rows)
+        notes += [f"peer {r['engine']}: {r['status']} ({r['why']})" for r in peer_rows if r["status"] != "ok"]
     if not sparse.get("peak_memory_reset", True):
         notes.append("peak memory could not be reset between phases: it counts from process start")
     if init.startswith("random"):
@@ -247,7 +260,11 @@ def write_report(c: BenchConfig, cfg: dict[str, Any], row: dict[str, Any], the_p
     images: dict[str, Path] = {}
     if lrows:
         images["layers"] = plot_layers(the_plan.layers, out / "layers.png", f"{name}: per-layer time, dense vs chosen")
+    if row.get("peers"):
+        images["peers"] = plot_peers(row, out / "peers.png", f"{name}: end to end, same input, threads and repeats")
+        paths["peers_csv"] = str(atomic_write(out / "peers.csv", peers_csv(row["peers"])))
     atomic_write(out / "summary.md", run_summary(row, the_plan.layers, notes)
+                 + (peers_markdown(row) if row.get("peers") else "")
                  + "".join(f"\n![{k}]({p.name})\n" for k, p in images.items()))
     paths.update({"layers_csv": str(out / "layers.csv"), "rows_csv": str(out / "rows.csv"),
                   "summary": str(out / "summary.md"), **{f"png_{k}": str(p) for k, p in images.items()}})

@@ -15,11 +15,13 @@ from typing import Any
 
 from spruce.io import write_figure
 
+#: bench peers=[...]: each engine's end-to-end median (ms) when its output matched PyTorch's
+PEER_KEYS = ("peer_onnxruntime_ms", "peer_deepsparse_ms", "peer_openvino_ms")
 ROW_KEYS = ("model", "init", "deploy", "objective", "sparsity", "device", "threads", "batch_size", "input",
             "latency_ms_median", "latency_ms_p90", "dense_latency_ms_median", "dense_latency_ms_p90", "speedup",
             "peak_memory_bytes", "dense_peak_memory_bytes", "weight_bytes", "dense_weight_bytes",
             "pruned_layers_bytes", "pruned_layers_dense_bytes", "pruned_memory_ratio", "accuracy",
-            "dense_accuracy", "layers_sparse", "layers_planned", "kernels_used", "plan_s", "convert_ms", "run_dir")
+            "dense_accuracy", "layers_sparse", "layers_planned", "kernels_used", "plan_s", "convert_ms", "run_dir") + PEER_KEYS
 LAYER_KEYS = ("layer", "kind", "shape", "sparsity", "kernel", "format", "dense_ms", "measured_ms", "speedup",
               "predicted_ms", "convert_ms", "amortise_inferences", "weight_bytes", "dense_bytes", "skipped",
               "candidates")
@@ -134,6 +136,10 @@ def plot_sweep(rows: Sequence[dict[str, Any]], out_dir: Path) -> dict[str, Path]
         ax.plot(s, [r["latency_ms_median"] for r in rs], "o-", label=f"{model} deploy={deploy}")
         ax.plot(s, [r["dense_latency_ms_median"] for r in rs], "--", color="gray", alpha=0.7,
                 label=f"{model} dense (same run)")
+        for key in PEER_KEYS:
+            if any(r.get(key) is not None for r in rs):
+                ax.plot(s, [float("nan") if r.get(key) is None else r[key] for r in rs], ":", marker=".",
+                        label=f"{model} {key[5:-3]} (same run)")
         x = crossover(s, [r.get("speedup") for r in rs]) if deploy != "dense" else None
         if x is not None:
             ax.axvline(x, color="red", ls=":", alpha=0.8)

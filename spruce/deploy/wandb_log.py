@@ -34,12 +34,16 @@ def log_run(out_dir: Path, name: str, config: dict[str, Any], row: dict[str, Any
                      config=config, reinit="finish_previous")
     try:
         scalars = {k: _num(row[k]) for k in SCALARS if row.get(k) is not None}
+        scalars.update({k: _num(v) for k, v in row.items() if k.startswith("peer_") and isinstance(v, (int, float))})
         scalars["memory_bytes"] = row["peak_memory_bytes"]
         run.log(scalars)
         table = wandb.Table(columns=list(TABLE_COLUMNS),
                             data=[[_num(r.get(c)) if c != "amortise_inferences" or math.isfinite(r.get(c, 0.0))
                                    else None for c in TABLE_COLUMNS] for r in layers])
         media: dict[str, Any] = {"layers": table}
+        if row.get("peers"):  # bench peers=[...]: one row per engine
+            cols = ["engine", "status", "median_ms", "p90_ms", "max_abs_err", "version", "why"]
+            media["peers"] = wandb.Table(columns=cols, data=[[_num(r.get(k)) for k in cols] for r in row["peers"]])
         for key, path in images.items():
             media[f"plots/{key}"] = wandb.Image(str(path))
         run.log(media)
