@@ -84,3 +84,16 @@ def test_load_detects_a_wrong_reference_and_rejects_foreign_dirs(tmp_path: Path)
             save(torch.nn.Sequential(torch.nn.Linear(2, 2)), p, tmp_path / "x")
     finally:
         del torch.nn.Module.spruce_config
+
+
+def test_bench_save_compile_and_load(tmp_path: Path) -> None:
+    """bench.py ... compile=on save=<dir>: fusions and compile time in the row, an artefact equal to the run."""
+    from spruce.deploy.pipeline import bench
+    from tests.test_bench import TINY_BERT, cfg_of
+    art = tmp_path / "served"
+    out = bench(cfg_of(TINY_BERT + ["deploy=sparse", "logger.wandb=false", "compile=on", f"save={art}"], tmp_path))
+    assert out["fusions"] == 2 and out["compiled"] and out["compile_s"] > 0
+    plan_json = json.loads((Path(out["paths"]["plan"])).read_text())
+    assert plan_json["meta"]["fusions"] == 2
+    m = load(art, verify=True)
+    assert sum(type(mm).__name__ == "SparseLinear" for mm in m.modules()) == 12

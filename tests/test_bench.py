@@ -27,7 +27,9 @@ EXPECTED_SUMMARY = ("latency_ms_median", "latency_ms_p90", "memory_bytes", "peak
 
 def cfg_of(overrides: list[str], tmp_path: Path, name: str = "run") -> dict:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="bench", overrides=overrides + [f"out_dir={tmp_path / name}"])
+        # compile=off unless a test asks: compiling every tiny model would double this file's time
+        extra = [] if any(o.startswith("compile=") for o in overrides) else ["compile=off"]
+        cfg = compose(config_name="bench", overrides=overrides + extra + [f"out_dir={tmp_path / name}"])
     d = OmegaConf.to_container(cfg, resolve=True)
     d["model_explicit"] = any(o.startswith("model=") for o in overrides)
     return d

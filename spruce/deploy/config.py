@@ -53,6 +53,9 @@ class BenchConfig:
     predict: str = "auto"
     shortlist: int | None = None
     peers: list[str] = field(default_factory=list)
+    fuse: bool = True
+    compile: str = "auto"
+    save: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -113,6 +116,7 @@ def from_dict(cfg: dict[str, Any]) -> BenchConfig:
         wandb_project=str(logger.get("project", "spruce")), progress=bool(cfg.get("progress", True)),
         predict=str(cfg.get("predict", "auto")).lower(), shortlist=cfg.get("shortlist"),
         peers=cfg.get("peers") or [],
+        fuse=bool(cfg.get("fuse", True)), compile=str(cfg.get("compile", "auto")).lower(), save=cfg.get("save"),
         extra={k: cfg[k] for k in ("study", "dir", "model_overrides") if k in cfg},
     )
     check(out)
@@ -144,6 +148,8 @@ def check(c: BenchConfig) -> None:
     c.repeats = _int("repeats", c.repeats, 1)
     c.plan_repeats = _int("plan_repeats", c.plan_repeats, 1)
     c.warmup = _int("warmup", c.warmup, 0)
+    if c.compile not in ("off", "on", "auto"):
+        raise ValueError(f"compile={c.compile!r} is not allowed; allowed: off, on, auto")
     if c.shortlist is not None:
         c.shortlist = _int("shortlist", c.shortlist, 1)
         if c.predict == "false":

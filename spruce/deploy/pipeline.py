@@ -20,7 +20,10 @@ from spruce import perf
 from spruce.io import atomic_write
 from spruce.perf.machine import resolve_threads
 from spruce.deploy.accuracy import accuracy, eval_loader
+from spruce.deploy.artifact import save as save_artifact
 from spruce.deploy.candidates import resolve_candidates
+from spruce.deploy.compare import first_tensor
+from spruce.deploy.compiled import compile_model
 from spruce.deploy.config import BenchConfig, from_dict
 from spruce.deploy.peers import peer_columns, peers_csv, peers_markdown, plot_peers, run_peers
 from spruce.deploy.peers import prepare as prepare_peers
@@ -188,7 +191,7 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
         the_plan = plan(model, inputs, candidates, objective=c.objective, mode=c.deploy, repeats=c.plan_repeats,
                         layers=layers, warmup=1, device=c.device, rtol=c.rtol, atol=c.atol,
                         predictor=predictor, progress=c.progress, budget_s=c.plan_budget_s,
-                        shortlist=c.shortlist)
+                        shortlist=c.shortlist, fuse=c.fuse)
     plan_s = time.perf_counter() - t0
     planned = list(the_plan.layers)
 
@@ -204,10 +207,19 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
     conv_ms = convert_(model, the_plan, c.device)
     if conv_ms:
         verify_against(ref, model, inputs, c.rtol, c.atol)
-        sparse = measure(model, inputs, repeats=c.repeats, warmup=c.warmup, device=c.device)
-        acc = accuracy(model, loader, c.accuracy_batches) if loader is not None else None
+    # compiled (inductor) when it works and, with compile=auto, beats eager; its first call reported apart
+    # (deploy=dense is the PyTorch eager baseline: never compiled)
+    runner, cinfo = compile_model(model, inputs, c.compile if c.device == "cpu" and c.deploy != "dense" else "off",
+                                  rtol=c.rtol, atol=c.atol, device=c.device)
+    if conv_ms or cinfo["compiled"]:
+        sparse = measure(runner, inputs, repeats=c.repeats, warmup=c.warmup, device=c.device)
+        acc = accuracy(model, loader, c.accuracy_batches) if loader is not None else None  # eager: any batch size
     else:
         sparse, acc = dense, dense_acc
+    if c.save:
+        save_artifact(model, the_plan, c.save, model_spec=(meta.get("model") or None),
+                      reference=(inputs, first_tensor(ref[0])))
+        notes.append(f"deployable artefact written to {c.save} (spruce.deploy.load)")
     peer_rows: list[dict[str, Any]] = []
     if peer_job is not None:  # after Spruce's timing; each engine in its own process, same input/threads/repeats
         peer_rows = run_peers(c.peers, peer_job, torch.get_num_threads(), c.repeats, c.warmup, c.rtol, c.atol)
@@ -232,7 +244,14 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
         "layers_planned": len(planned),
         "kernels_used": ", ".join(f"{k} x{v}" for k, v in sorted(the_plan.kernels_used().items())),
         "plan_s": plan_s, "convert_ms": sum(conv_ms.values()),
+        "fusions": sum(1 for e in the_plan.layers.values() if e.get("fusion")),
+        "compile": cinfo["compile"], "compiled": cinfo["compiled"], "compile_s": cinfo["compile_s"],
     }
+    if cinfo.get("compile_error"):
+        notes.append(f"torch.compile failed, ran eager: {cinfo['compile_error']}")
+    if "compiled_ms" in cinfo:
+        notes.append(f"compile=auto: eager {cinfo['eager_ms']:.1f} ms, compiled {cinfo['compiled_ms']:.1f} ms -> "
+                     f"{'compiled' if cinfo['compiled'] else 'eager'}")
     row["pruned_memory_ratio"] = (row["pruned_layers_bytes"] / dense_layer_bytes) if dense_layer_bytes else None
     if peer_rows:
         row.update(peer_columns(peer_rows), peers=peer_rows)

@@ -21,7 +21,8 @@ ROW_KEYS = ("model", "init", "deploy", "objective", "sparsity", "device", "threa
             "latency_ms_median", "latency_ms_p90", "dense_latency_ms_median", "dense_latency_ms_p90", "speedup",
             "peak_memory_bytes", "dense_peak_memory_bytes", "weight_bytes", "dense_weight_bytes",
             "pruned_layers_bytes", "pruned_layers_dense_bytes", "pruned_memory_ratio", "accuracy",
-            "dense_accuracy", "layers_sparse", "layers_planned", "kernels_used", "plan_s", "convert_ms", "run_dir") + PEER_KEYS
+            "dense_accuracy", "layers_sparse", "layers_planned", "kernels_used", "plan_s", "convert_ms",
+            "fusions", "compile", "compiled", "compile_s", "run_dir") + PEER_KEYS
 LAYER_KEYS = ("layer", "kind", "shape", "sparsity", "kernel", "format", "dense_ms", "measured_ms", "speedup",
               "predicted_ms", "convert_ms", "amortise_inferences", "weight_bytes", "dense_bytes", "skipped",
               "candidates")
@@ -209,6 +210,11 @@ def run_summary(row: dict[str, Any], plan_layers: dict[str, dict[str, Any]], not
           f"objective {row['objective']}.\n", markdown_table([row])]
     md.append(f"\nKernels used: {row['kernels_used']}; {row['layers_sparse']} of {row['layers_planned']} planned "
               f"layers run sparse; conversion took {row['convert_ms']:.0f} ms in all.\n")
+    if row.get("fusions") is not None:
+        md.append(f"\n{row['fusions']} layers fused with their activation; compile={row.get('compile')}: "
+                  f"{'compiled' if row.get('compiled') else 'eager'}"
+                  + (f", compilation {row['compile_s']:.1f} s (first call, amortised like conversion)"
+                     if row.get("compile_s") else "") + ".\n")
     conv = [(n, e) for n, e in plan_layers.items() if e["kernel"] != "dense"]
     if conv:
         md.append("\n| layer | kernel | dense ms | kernel ms | speedup | convert ms | amortised after (inferences) |"
