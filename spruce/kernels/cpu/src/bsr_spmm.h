@@ -14,15 +14,20 @@ constexpr int BR = 4;
 template <int NV, bool MASK, typename I>
 inline void bsr_tile(const float* __restrict v, const I* __restrict c, int64_t s, int64_t e,
                      const float* __restrict X, int64_t ldx, Isa::Mask mask, Isa::V (*acc)[2]) {
+  #pragma GCC unroll 16
   for (int r = 0; r < BR; ++r)
+    #pragma GCC unroll 16
     for (int q = 0; q < NV; ++q) acc[r][q] = Isa::zero();
   for (int64_t j = s; j < e; ++j) {
     const float* x = X + static_cast<int64_t>(c[j]) * ldx;
     Isa::V xv[NV];
+    #pragma GCC unroll 16
     for (int q = 0; q < NV; ++q)
       xv[q] = (MASK && q == NV - 1) ? Isa::loadm(x + Isa::W * q, mask) : Isa::load(x + Isa::W * q);
+    #pragma GCC unroll 16
     for (int r = 0; r < BR; ++r) {
       const Isa::V wv = Isa::bcast(v + j * BR + r);
+      #pragma GCC unroll 16
       for (int q = 0; q < NV; ++q) acc[r][q] = Isa::fma(wv, xv[q], acc[r][q]);
     }
   }
@@ -33,6 +38,7 @@ template <int NV>
 inline void store_strided(const Isa::V* acc, int r, float bias, int act, float* y, int64_t ldc) {
   if (ldc == 1) return store_row<NV>(acc, r, bias, act, y);
   alignas(64) float tmp[Isa::W * NV];
+  #pragma GCC unroll 16
   for (int q = 0; q < NV; ++q) Isa::store(tmp + Isa::W * q, epilogue(acc[q], Isa::set1(bias), act));
   for (int t = 0; t < Isa::W * (NV - 1) + r; ++t) y[t * ldc] = tmp[t];
 }

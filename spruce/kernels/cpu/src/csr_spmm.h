@@ -21,15 +21,18 @@ inline void row_tile(const float* __restrict v, const I* __restrict c, int64_t s
                      const float* __restrict X, int64_t ldx, Isa::Mask mask, Isa::V* acc) {
   constexpr int W = Isa::W;
   Isa::V a[NV];
+  #pragma GCC unroll 16
   for (int q = 0; q < NV; ++q) a[q] = Isa::zero();
   if constexpr (NV <= 4) {
     Isa::V b[NV];
+    #pragma GCC unroll 16
     for (int q = 0; q < NV; ++q) b[q] = Isa::zero();
     int64_t j = s;
     for (; j + 1 < e; j += 2) {
       const Isa::V w0 = Isa::bcast(v + j), w1 = Isa::bcast(v + j + 1);
       const float* x0 = X + static_cast<int64_t>(c[j]) * ldx;
       const float* x1 = X + static_cast<int64_t>(c[j + 1]) * ldx;
+      #pragma GCC unroll 16
       for (int q = 0; q < NV; ++q) {
         if (MASK && q == NV - 1) {
           a[q] = Isa::fma(w0, Isa::loadm(x0 + W * q, mask), a[q]);
@@ -43,17 +46,21 @@ inline void row_tile(const float* __restrict v, const I* __restrict c, int64_t s
     if (j < e) {
       const Isa::V w0 = Isa::bcast(v + j);
       const float* x0 = X + static_cast<int64_t>(c[j]) * ldx;
+      #pragma GCC unroll 16
       for (int q = 0; q < NV; ++q)
         a[q] = Isa::fma(w0, (MASK && q == NV - 1) ? Isa::loadm(x0 + W * q, mask) : Isa::load(x0 + W * q), a[q]);
     }
+    #pragma GCC unroll 16
     for (int q = 0; q < NV; ++q) acc[q] = Isa::add(a[q], b[q]);
   } else {
     for (int64_t j = s; j < e; ++j) {
       const Isa::V w0 = Isa::bcast(v + j);
       const float* x0 = X + static_cast<int64_t>(c[j]) * ldx;
+      #pragma GCC unroll 16
       for (int q = 0; q < NV; ++q)
         a[q] = Isa::fma(w0, (MASK && q == NV - 1) ? Isa::loadm(x0 + W * q, mask) : Isa::load(x0 + W * q), a[q]);
     }
+    #pragma GCC unroll 16
     for (int q = 0; q < NV; ++q) acc[q] = a[q];
   }
 }

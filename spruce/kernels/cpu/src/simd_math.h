@@ -69,6 +69,7 @@ inline float epilogue1(float v, float b, int act) {
 template <int NV>
 inline void store_row(const Isa::V* acc, int r, float bias, int act, float* y) {
   const Isa::V b = Isa::set1(bias);
+  #pragma GCC unroll 16
   for (int q = 0; q < NV - 1; ++q) Isa::store(y + Isa::W * q, epilogue(acc[q], b, act));
   const Isa::V last = epilogue(acc[NV - 1], b, act);
   if (r == Isa::W) Isa::store(y + Isa::W * (NV - 1), last);
