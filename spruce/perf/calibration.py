@@ -48,14 +48,21 @@ from spruce.perf.timing import time_call, time_pair
 #: bumped when what calibration measures changes, so an older cached profile is not silently reused
 #: (2: efficiency tables gained the K axis; 3: a density point at 0.3, where most crossovers lie; 4: tables
 #: are the median of interleaved passes; 5: a fixed glibc mmap threshold, ``steady_allocator``;
-#: 6: the sparse gather penalty measured at 50%, in DRAM).
-CALIBRATION_VERSION = 6
+#: 6: the sparse gather penalty measured at 50%, in DRAM; 7: the CPU kernels rewritten: AVX-512 path, native
+#: nn.Linear kernel, register-blocked direct convolution).
+CALIBRATION_VERSION = 7
 
 
 def profile_path(threads: int | None = None) -> Path:
-    """``<cache>/machine-<hash>.json`` keyed by CPU model, threads, torch version and ``CALIBRATION_VERSION``."""
+    """``<cache>/machine-<hash>.json`` keyed by CPU model, threads, torch version, ``CALIBRATION_VERSION`` and
+    the instruction set the spruce_cpu kernels run with (``$SPRUCE_ISA`` changes their speed)."""
     threads = threads or torch.get_num_threads()
-    key = f"{cpu_model()}|{threads}|{torch.__version__}|v{CALIBRATION_VERSION}"
+    from spruce.kernels.cpu import build
+    try:
+        isa = build.isa()
+    except RuntimeError:
+        isa = "none"
+    key = f"{cpu_model()}|{threads}|{torch.__version__}|v{CALIBRATION_VERSION}|{isa}"
     return cache_dir() / f"machine-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
