@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,9 @@ def _unflatten(spec: dict[str, Any], key: str, tensors: dict[str, torch.Tensor])
         return [_unflatten(s, f"{key}.{i}", tensors) for i, s in enumerate(spec["items"])]
     if t == "sparse":
         ctor = torch.sparse_csr_tensor if spec["layout"] == "csr" else torch.sparse_bsr_tensor
-        return ctor(tensors[spec["crow"]], tensors[spec["col"]], tensors[spec["values"]], size=spec["size"])
+        with warnings.catch_warnings():  # torch's "sparse CSR is beta" notice, once per layer: noise at load
+            warnings.simplefilter("ignore", UserWarning)
+            return ctor(tensors[spec["crow"]], tensors[spec["col"]], tensors[spec["values"]], size=spec["size"])
     if t == "coo":
         return torch.sparse_coo_tensor(tensors[spec["indices"]], tensors[spec["values"]], spec["size"]).coalesce()
     if t == "dataclass":
