@@ -125,7 +125,7 @@ def _seed_profile(monkeypatch, tmp_path, names):
                           overhead_us={n: 10.0 for n in names}, sparse_eff={n: 0.1 for n in names},
                           gather_penalty={n: 2.0 for n in names}, convert_ns={n: [1.0, 10.0] for n in names},
                           dense_eff={"1": 0.5, "1024": 1.0})
-    path = machine.profile_path()
+    path = machine.profile_path(1)  # the study runs below pass threads=1 (the default, null, is every core)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(prof.to_dict()))
 
@@ -144,7 +144,7 @@ def test_quick_study_writes_every_report_file(tmp_path, monkeypatch):
                      "shapes": [{"model": "tiny", "name": "a", "m": 64, "k": 96, "n": 8},
                                 {"model": "tiny", "name": "b", "m": 48, "k": 128, "n": 1}],
                      "repeats": 1, "budget_s": 0.01, "out": str(tmp_path / "study"), "progress": False,
-                     "wandb": "offline"})
+                     "wandb": "offline", "threads": 1})
     for name in REPORT_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
