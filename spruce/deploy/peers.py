@@ -227,7 +227,8 @@ def peers_markdown(row: dict[str, Any]) -> str:
     spruce_ms = row.get("latency_ms_median")
     lines = ["", f"## Peers in the same run ({row.get('input')}, {row.get('threads')} threads, "
              f"median of {(row.get('peers') or [{}])[0].get('repeats')} runs)", "",
-             "| engine | status | median ms | p90 ms | Spruce is faster by | max abs err vs PyTorch | version |",
+             "| engine | status | median ms | p90 ms | engine ms / Spruce ms (> 1: Spruce is faster) | max abs err vs "
+             "PyTorch | version |",
              "|---|---|---|---|---|---|---|",
              f"| PyTorch eager (dense) | ok | {_ms(row.get('dense_latency_ms_median'))} | "
              f"{_ms(row.get('dense_latency_ms_p90'))} | {row.get('speedup') or 0:.2f}x | 0 | torch {torch.__version__} |",
