@@ -76,26 +76,25 @@ def synthetic_weight(kind: str, m: int, k: int, sparsity: float, seed: int = 0) 
 
 
 def read_smtx(path: str | Path) -> tuple[int, int, torch.Tensor, torch.Tensor]:
-    """Read a DLMC ``.smtx`` topology: ``(M, K, row_offsets[M+1] int64, col_indices[nnz] int64)``."""
-    p = Path(path)
-    lines = p.read_text().split("\n")
-    if len(lines) < 2:
-        raise ValueError(f"{p}: truncated .smtx (need a header line and row offsets)")
-    try:
-        m, k, nnz = (int(v) for v in lines[0].replace(",", " ").split())
-        offs = torch.tensor([int(v) for v in lines[1].split()], dtype=torch.int64)
-        cols = torch.tensor([int(v) for v in lines[2].split()] if len(lines) > 2 else [], dtype=torch.int64)
-    except ValueError as e:
-        raise ValueError(f"{p}: malformed .smtx ({e})") from None
-    if offs.numel() != m + 1 or cols.numel() != nnz or int(offs[-1]) != nnz:
-        raise ValueError(f"{p}: malformed .smtx (header says {m}x{k} nnz={nnz}, found {offs.numel()} offsets and "
-                         f"{cols.numel()} column indices)")
-    return m, k, offs, cols
+    """Read a DLMC ``.smtx`` topology: ``(M, K, row_offsets[M+1] int64, col_indices[nnz] int64)``.
+
+    The project's one validated reader (``spruce.sparse.files.read_smtx``) does the parsing and checking."""
+    from spruce.sparse.files import read_smtx as read_csr
+    csr = read_csr(path)
+    m, k = csr.shape
+    return m, k, csr.indptr.to(torch.int64), csr.indices.to(torch.int64)
+
+
+#: the most elements a dense weight made from a file may have (2**28 float32 = 1 GiB; VGG-16's fc6 has 1.0e8)
+MAX_DENSE_ELEMENTS = 1 << 28
 
 
 def smtx_weight(path: str | Path, seed: int = 0) -> torch.Tensor:
     """A dense ``[M, K]`` weight with the ``.smtx`` topology and values uniform in [-1, 1] (DLMC has none)."""
     m, k, offs, cols = read_smtx(path)
+    if m * k > MAX_DENSE_ELEMENTS:
+        raise ValueError(f"{path}: {m}x{k} is too large to time as a dense weight (more than {MAX_DENSE_ELEMENTS} "
+                         f"elements)")
     rows = torch.repeat_interleave(torch.arange(m), offs[1:] - offs[:-1])
     g = torch.Generator().manual_seed(seed)
     vals = torch.rand(cols.numel(), generator=g) * 2 - 1

@@ -53,6 +53,13 @@ def export_rows(export_dir: str | Path) -> dict[str, list[dict]]:
 
     root = Path(export_dir)
     manifest = read_manifest(root)
+    try:
+        return _export_rows(root, manifest)
+    except (KeyError, TypeError, AttributeError) as e:  # a field the report needs is missing or of the wrong type
+        raise ValueError(f"{root / 'manifest.json'}: malformed entry ({type(e).__name__}: {e})") from None
+
+
+def _export_rows(root: Path, manifest: dict) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = defaultdict(list)
     model = str((manifest["source"].get("model") or {}).get("name", "checkpoint"))
     twins = defaultdict(list)

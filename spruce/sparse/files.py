@@ -15,7 +15,9 @@ reading back and casting to the original dtype is bit-exact. ``scipy.io.mmread``
 covers bfloat16), ``shape`` ``[M, K]``, ``original_shape`` (e.g. a conv's ``[C_out, C_in, kh, kw]``).
 
 Every writer writes a temporary file in the target directory and renames it into place. Every reader raises
-``ValueError`` with one line naming the file and what is wrong on truncated or malformed input.
+``ValueError`` with one line naming the file and what is wrong on truncated or malformed input, and checks the
+sizes a file declares (against ``MAX_DIM`` and against what the file's length can hold) before allocating
+anything sized by them; duplicate ``(row, column)`` positions are refused in every format.
 """
 from __future__ import annotations
 
@@ -28,6 +30,12 @@ import torch
 
 from spruce.io import atomic_write
 from spruce.sparse.formats import CSR, INDEX_DTYPE
+
+#: the largest M or K a sparse file may declare (2**26 rows: a 0.5 GiB int64 offsets array). Real layers are far
+#: below it (VGG-16's largest K is 25088); a hostile header above it would otherwise ask for gigabytes.
+MAX_DIM = 1 << 26
+#: deflate cannot expand data more than ~1032x: an .npz member claiming more than this is not a real file
+_MAX_DEFLATE_RATIO = 1100
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
                  "bfloat16": torch.bfloat16}
@@ -77,9 +85,19 @@ def _parse_ints(text: str, what: str, path: Path) -> np.ndarray:
         raise ValueError(f"{path}: {what} holds a non-integer token {bad[:20]!r}") from None
 
 
-def _check_structure(path: Path, m: int, k: int, nnz: int, indptr: np.ndarray, indices: np.ndarray) -> None:
+def check_sizes(path: Path, m: int, k: int, nnz: int) -> None:
+    """The declared sizes are sane before anything sized by them is allocated: non-negative, ``M, K <= MAX_DIM``,
+    ``nnz <= M*K``. (Entries are parsed in proportion to the file's length, so nnz needs no other bound.)"""
     if m < 0 or k < 0 or nnz < 0:
         raise ValueError(f"{path}: negative size in header M={m}, K={k}, nnz={nnz}")
+    if m > MAX_DIM or k > MAX_DIM:
+        raise ValueError(f"{path}: header declares {m}x{k}; at most {MAX_DIM} rows and columns are supported")
+    if nnz > m * k:
+        raise ValueError(f"{path}: header declares nnz={nnz} but {m}x{k} holds at most {m * k} entries")
+
+
+def _check_structure(path: Path, m: int, k: int, nnz: int, indptr: np.ndarray, indices: np.ndarray) -> None:
+    check_sizes(path, m, k, nnz)
     if indptr.size != m + 1:
         raise ValueError(f"{path}: expected M+1={m + 1} row offsets, found {indptr.size} (truncated or malformed)")
     if indices.size != nnz:
@@ -94,6 +112,30 @@ def _check_structure(path: Path, m: int, k: int, nnz: int, indptr: np.ndarray, i
         raise ValueError(f"{path}: column index {bad} out of range [0, {k})")
     if max(m, k, nnz) > torch.iinfo(INDEX_DTYPE).max:
         raise ValueError(f"{path}: {m}x{k} with nnz={nnz} exceeds int32 indexing")
+    if nnz > 1:  # a position stored twice would be summed by some readers and kept twice by others
+        rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(indptr))
+        key = np.sort(rows * k + indices)
+        dup = np.flatnonzero(key[1:] == key[:-1])
+        if dup.size:
+            r, c = divmod(int(key[dup[0]]), k)
+            raise ValueError(f"{path}: duplicate entry at row {r}, column {c}")
+
+
+def read_smtx_header(path: str | Path) -> tuple[int, int, int]:
+    """``(M, K, nnz)`` from the first line of a ``.smtx`` file, checked like ``read_smtx`` checks it (the body is
+    not read: ``read_smtx`` validates the rest)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            line = f.readline(200).decode("ascii", errors="replace").rstrip("\n")
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read .smtx file ({e.strerror or e})") from None
+    head = [s.strip() for s in line.split(",")]
+    if len(head) != 3 or not all(s.isascii() and s.isdigit() for s in head):
+        raise ValueError(f"{path}: header must be 'M, K, nnz', got {line[:60]!r}")
+    m, k, nnz = (int(s) for s in head)
+    check_sizes(path, m, k, nnz)
+    return m, k, nnz
 
 
 def read_smtx(path: str | Path, values: str = "ones", seed: int = 0,
@@ -115,9 +157,10 @@ def read_smtx(path: str | Path, values: str = "ones", seed: int = 0,
         raise ValueError(f"{path}: a .smtx file has 3 lines (header, row offsets, column indices); "
                          f"found {len([s for s in lines if s.strip()])} non-empty")
     head = [s.strip() for s in lines[0].split(",")]
-    if len(head) != 3 or not all(s.isdigit() for s in head):
+    if len(head) != 3 or not all(s.isascii() and s.isdigit() for s in head):
         raise ValueError(f"{path}: header must be 'M, K, nnz', got {lines[0][:60]!r}")
     m, k, nnz = (int(s) for s in head)
+    check_sizes(path, m, k, nnz)  # (parsing below allocates in proportion to the file, not to the header)
     indptr = _parse_ints(lines[1], "row offsets line", path)
     indices = _parse_ints(lines[2], "column indices line", path)
     _check_structure(path, m, k, nnz, indptr, indices)
@@ -180,11 +223,12 @@ def read_mtx(path: str | Path, dtype: torch.dtype = torch.float32) -> CSR:
     if i >= len(lines):
         raise ValueError(f"{path}: missing size line 'M K nnz' (truncated)")
     size = lines[i].split()
-    if len(size) != 3 or not all(s.isdigit() for s in size):
+    if len(size) != 3 or not all(s.isascii() and s.isdigit() for s in size):
         raise ValueError(f"{path}: size line must be 'M K nnz', got {lines[i][:60]!r}")
     m, k, nnz = (int(s) for s in size)
     per = 2 if field == "pattern" else 3
     body = "\n".join(lines[i + 1:])
+    check_sizes(path, m, k, nnz)  # before the M+1 offsets below are allocated
     try:  # numpy's C parser; float64 holds the 1-based indices exactly and every %.9g/%.17g value exactly
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data" for nnz = 0
@@ -212,6 +256,8 @@ def read_mtx(path: str | Path, dtype: torch.dtype = torch.float32) -> CSR:
     indptr = np.zeros(m + 1, dtype=np.int64)
     indptr[1:] = np.cumsum(np.bincount(rows, minlength=m))
     _check_structure(path, m, k, nnz, indptr, cols)
+    if nnz and not np.isfinite(vals).all():
+        raise ValueError(f"{path}: non-finite value (NaN or Inf) in entry {int(np.flatnonzero(~np.isfinite(vals))[0]) + 1}")
     values = torch.from_numpy(vals[order]).to(dtype)
     return CSR(torch.from_numpy(indptr.astype(np.int32)), torch.from_numpy(cols[order].astype(np.int32)),
                values, (m, k))
@@ -230,10 +276,41 @@ def write_npz(path: str | Path, csr: CSR, original_shape: tuple[int, ...] | None
     return atomic_write(path, buf.getvalue())
 
 
+def _check_npz_members(path: Path, names: tuple[str, ...]) -> None:
+    """Before numpy allocates anything: every member is a plain ``.npy`` whose header's shape fits the member's
+    size, and no member claims more bytes than the archive could expand to (a lying header or a zip bomb)."""
+    import zipfile
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as zf:
+            for n in names:
+                try:
+                    info = zf.getinfo(n + ".npy")
+                except KeyError:
+                    continue  # reported as missing below
+                if info.file_size > max(info.compress_size, 1) * _MAX_DEFLATE_RATIO or info.compress_size > size:
+                    raise ValueError(f"{path}: member {n} claims {info.file_size} bytes from {info.compress_size}")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dt = read(f)
+                    if dt.hasobject:
+                        raise ValueError(f"{path}: member {n} holds Python objects (refused)")
+                    if int(np.prod(shape, dtype=object)) * dt.itemsize > info.file_size:
+                        raise ValueError(f"{path}: member {n} declares shape {list(shape)} of {dt}, more than its "
+                                         f"{info.file_size} bytes (truncated or malformed)")
+    except ValueError as e:
+        raise ValueError(f"{path}: cannot read .npz ({e})" if not str(e).startswith(str(path)) else str(e)) from None
+    except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, OSError: a truncated/corrupt file
+        raise ValueError(f"{path}: cannot read .npz ({type(e).__name__}: {str(e)[:120]})") from None
+
+
 def read_npz(path: str | Path) -> tuple[CSR, tuple[int, ...]]:
     """Read a ``.npz`` written by ``write_npz``: ``(csr, original_shape)``, values bit-exact."""
     path = Path(path)
     need = ("indptr", "indices", "values_bits", "dtype", "shape", "original_shape")
+    _check_npz_members(path, need)
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [n for n in need if n not in z.files]
@@ -244,7 +321,13 @@ def read_npz(path: str | Path) -> tuple[CSR, tuple[int, ...]]:
         raise
     except Exception as e:  # zipfile.BadZipFile, EOFError, OSError: a truncated/corrupt file
         raise ValueError(f"{path}: cannot read .npz ({type(e).__name__}: {e})") from None
-    dtype = torch_dtype(str(arrs["dtype"]))
+    try:
+        dtype = torch_dtype(str(arrs["dtype"]))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    for n in ("indptr", "indices", "shape", "original_shape"):
+        if arrs[n].dtype.kind not in "iu" or arrs[n].ndim != 1:
+            raise ValueError(f"{path}: {n} must be a 1-D integer array, got {arrs[n].dtype} with {arrs[n].ndim} dims")
     shape = tuple(int(s) for s in arrs["shape"])
     if len(shape) != 2:
         raise ValueError(f"{path}: shape must be [M, K], got {list(shape)}")
@@ -255,8 +338,10 @@ def read_npz(path: str | Path) -> tuple[CSR, tuple[int, ...]]:
     if bits.size != indices.size or bits.dtype.itemsize != torch.empty((), dtype=dtype).element_size():
         raise ValueError(f"{path}: values ({bits.size} x {bits.dtype}) do not match nnz={indices.size} of {dtype}")
     values = torch.from_numpy(bits.copy()).view(dtype)
+    if values.numel() and not torch.isfinite(values).all():
+        raise ValueError(f"{path}: non-finite value (NaN or Inf) among the values")
     original = tuple(int(s) for s in arrs["original_shape"])
-    if int(np.prod(original)) != m * k:
+    if any(s < 0 for s in original) or int(np.prod(original, dtype=object)) != m * k:
         raise ValueError(f"{path}: original_shape {list(original)} does not hold {m}x{k} entries")
     csr = CSR(torch.from_numpy(indptr.astype(np.int32)), torch.from_numpy(indices.astype(np.int32)), values, shape)
     return csr, original

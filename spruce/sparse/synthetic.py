@@ -64,7 +64,15 @@ def derive_seed(seed: int, *parts: object) -> int:
 
 
 def _kaiming_values(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    return rng.standard_normal(n, dtype=np.float32) * np.float32(np.sqrt(2.0 / max(k, 1)))
+    """``n`` Kaiming-normal values, none of them zero: a stored 0.0 (or -0.0, which the product of a tiny draw
+    and the scale can give) would be an explicit zero at a pattern position, so zeros are drawn again."""
+    scale = np.float32(np.sqrt(2.0 / max(k, 1)))
+    values = rng.standard_normal(n, dtype=np.float32) * scale
+    zero = values == 0
+    while zero.any():
+        values[zero] = rng.standard_normal(int(zero.sum()), dtype=np.float32) * scale
+        zero = values == 0
+    return values
 
 
 def _csr_from_row_lengths(rng: np.random.Generator, lengths: np.ndarray, k: int) -> CSR:
@@ -167,6 +175,7 @@ def _magnitude(rng: np.random.Generator, m: int, k: int, nnz: int, row_sigma: fl
     vals = g.ravel()[keep]
     rms = float(np.sqrt(np.mean(g.astype(np.float64) ** 2))) or 1.0
     vals = (vals * np.float32(np.sqrt(2.0 / k) / rms)).astype(np.float32)
+    vals[vals == 0] = np.finfo(np.float32).tiny  # a kept position never stores 0.0 / -0.0 (an explicit zero)
     indptr = np.zeros(m + 1, dtype=np.int64)
     indptr[1:] = np.cumsum(np.bincount(rows, minlength=m))
     return CSR(torch.from_numpy(indptr.astype(np.int32)), torch.from_numpy(cols.astype(np.int32)),

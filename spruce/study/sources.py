@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 import torch
 
 from spruce.perf.matrices import smtx_weight, synthetic_weight, twin
+from spruce.sparse.files import read_smtx_header
 from spruce.study.shapes import LayerShape
 
 #: kinds that are real pruned topologies (the others are synthetic).
@@ -99,8 +100,9 @@ def dlmc_cases(folder: Path, ns: Iterable[int], sparsities: Iterable[float] | No
         if method == "random_pruning":
             continue  # added beside its magnitude twin
         sp_part = next((p for p in parts if re.fullmatch(r"0?\.\d+", p)), None)
-        with f.open() as fh:
-            m, k, nnz = (int(v) for v in fh.readline().replace(",", " ").split())
+        m, k, nnz = read_smtx_header(f)
+        if m * k == 0:
+            raise ValueError(f"{f}: an empty {m}x{k} matrix has nothing to time")
         s = float(sp_part) if sp_part else 1.0 - nnz / (m * k)
         if wanted is not None and round(s, 4) not in wanted:
             continue
