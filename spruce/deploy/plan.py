@@ -32,6 +32,8 @@ MODES = ("sparse", "dense", "auto")
 #: deploy=auto keeps the original module unless a sparse kernel is at least this much faster (0.1 = 10%): single
 #: layer timings vary by that much on a shared machine, and a layer planned sparse at its crossover loses end to end
 AUTO_MARGIN = 0.10
+#: objective=latency: sparse candidates within this fraction of the fastest one count as tied; the fewest bytes wins
+TIE_MARGIN = 0.05
 OBJECTIVES = ("latency", "memory")
 DENSE = "dense"  # the plan's name for "keep the original nn.Module"
 PLAN_VERSION = 1
@@ -311,6 +313,11 @@ def _choose(name: str, stats: dict[str, dict[str, Any]], results: dict[str, Any]
     key = (lambda n: (stats[n]["ms"], stats[n]["bytes"])) if objective == "latency" else (
         lambda n: (stats[n]["bytes"], stats[n]["ms"]))
     pick = min(choices, key=key)
+    if objective == "latency" and pick != DENSE:
+        # sparse kernels within the timing noise of the fastest are a tie: the one with fewest weight bytes wins
+        # (a 4x1-block kernel on an unstructured mask is often a hair faster at twice the bytes of CSR)
+        near = [n for n in choices if n != DENSE and stats[n]["ms"] <= stats[pick]["ms"] * (1.0 + TIE_MARGIN)]
+        pick = min(near, key=lambda n: (stats[n]["bytes"], stats[n]["ms"]))
     if (mode == "auto" and objective == "latency" and pick != DENSE and DENSE in stats
             and stats[pick]["ms"] * (1.0 + AUTO_MARGIN) > stats[DENSE]["ms"]):
         pick = DENSE  # a per-layer win inside the timing noise is not worth a conversion (and often isn't real)
