@@ -97,3 +97,26 @@ def test_bench_save_compile_and_load(tmp_path: Path) -> None:
     assert plan_json["meta"]["fusions"] == 2
     m = load(art, verify=True)
     assert sum(type(mm).__name__ == "SparseLinear" for mm in m.modules()) == 12
+
+
+def test_load_verified_against_the_checkpoint(tmp_path: Path) -> None:
+    """load(dir, verify=<ckpt>) checks every layer against the checkpoint's dense model; another checkpoint fails
+    at the first layer that differs."""
+    from spruce.deploy.runtime import convert_ as convert
+    from spruce.kernels import get
+    from spruce.models.checkpoint import model_from_checkpoint
+    from tests.test_bench import _tiny_vgg_checkpoint
+    ckpt = tmp_path / "tiny.ckpt"
+    _tiny_vgg_checkpoint(ckpt)
+    m, meta = model_from_checkpoint(ckpt)
+    x = torch.randn(1, 3, 32, 32)
+    layers = [n for n, e in meta["layers"].items() if e["pruned"]]
+    p = plan(m, x, [get("spruce_csr")], mode="sparse", layers=layers, progress=False, repeats=1, budget_s=0.01)
+    convert(m, p)
+    art = save(m, p, tmp_path / "art", model_spec=meta["model"])
+    load(art, verify=ckpt)
+    blob = torch.load(ckpt, weights_only=True)
+    blob["state_dict"]["model.features.3.weight"] *= 1.5  # the second conv (first pruned one)
+    torch.save(blob, tmp_path / "other.ckpt")
+    with pytest.raises(VerificationError, match="features.3"):
+        load(art, verify=tmp_path / "other.ckpt")
