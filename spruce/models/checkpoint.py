@@ -37,7 +37,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if version != CHECKPOINT_VERSION:
         raise ValueError(f"checkpoint {str(p)!r} has Spruce format version {version!r}; this Spruce reads "
                          f"version {CHECKPOINT_VERSION}")
+    check_finite(ckpt["state_dict"], f"checkpoint {str(p)!r}")
     return ckpt
+
+
+def check_finite(state_dict: Any, where: str) -> None:
+    """ValueError naming the first floating-point tensor of ``state_dict`` that holds NaN or Inf: a model trained
+    into NaN would export, deploy and resume "successfully" while every number it produces is meaningless."""
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{where}: 'state_dict' is not a dict")
+    for key, t in state_dict.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{where}: {key} holds {bad} NaN/Inf value(s) of {t.numel()}; refusing a diverged or "
+                             f"corrupt model")
 
 
 def model_state_dict(state_dict: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:

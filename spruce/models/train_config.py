@@ -77,6 +77,35 @@ def check_checkpoint(path: str, model_cfg: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def check_threads(value: Any, key: str = "threads") -> int | None:
+    """The one rule for ``threads`` in train.py and bench.py: null (every core) or an integer >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be an integer >= 1 (or null for every core)")
+    return value
+
+
+def check_trainer(trainer: dict[str, Any]) -> None:
+    """``trainer.max_epochs`` an integer >= 1 (or null when ``max_steps`` >= 1 bounds the run); ``max_steps``
+    -1 (no limit) or >= 1; the other integer knobs Lightning would reject with a traceback are checked too."""
+    if not isinstance(trainer, dict):
+        raise ConfigError(f"trainer={trainer!r} is not allowed; choose a trainer group, e.g. trainer=default")
+
+    def _int(key: str, lo: int, extra: tuple = ()) -> Any:
+        v = trainer.get(key)
+        if v is None or v in extra:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            allowed = f"an integer >= {lo}" + "".join(f" or {e}" for e in extra)
+            raise ConfigError(f"trainer.{key}={v!r} is not allowed; it must be {allowed}")
+        return v
+    epochs, steps = _int("max_epochs", 1), _int("max_steps", 1, (-1,))
+    if epochs is None and steps in (None, -1):
+        raise ConfigError("trainer.max_epochs=null needs trainer.max_steps >= 1; otherwise training never ends")
+    _int("log_every_n_steps", 1)
+    _int("accumulate_grad_batches", 1)
+    _int("num_sanity_val_steps", 0, (-1,))
+
+
 def check_config(cfg: dict[str, Any]) -> None:
     """Validate a composed train config; raises ``ConfigError`` with one line naming the value and the fix."""
     model, data = cfg.get("model") or {}, cfg.get("data") or {}
@@ -102,8 +131,13 @@ def check_config(cfg: dict[str, Any]) -> None:
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer")
+    check_threads(cfg.get("threads"))
+    check_trainer(cfg.get("trainer") or {})
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None:
+        if Path(str(ckpt)).is_dir():
+            raise ConfigError(f"ckpt_path={ckpt!r} is a directory; give the path of a .ckpt file written by train.py "
+                              f"(e.g. <run>/checkpoints/last.ckpt)")
         if not Path(str(ckpt)).is_file():
             raise ConfigError(f"ckpt_path={ckpt!r} does not exist; give the path of a .ckpt written by train.py")
         check_checkpoint(str(ckpt), model)

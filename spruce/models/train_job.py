@@ -51,9 +51,7 @@ def build_logger(cfg: dict[str, Any], run_dir: Path, name: str) -> Any:
 
 
 def _save_atomic(trainer: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    trainer.save_checkpoint(str(tmp), weights_only=False)
-    os.replace(tmp, path)
+    trainer.save_checkpoint(str(path), weights_only=False)  # atomic: the trainer's AtomicCheckpointIO
 
 
 def prepare(cfg: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -98,9 +96,9 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
     Raises ``ValueError`` (``ConfigError`` for configuration problems, found before anything is written).
     """
     run_dir = Path(run_dir)
-    if cfg.get("threads"):
+    model, dm, _ = prepare(cfg)  # validates everything first (threads included)
+    if cfg.get("threads") is not None:
         torch.set_num_threads(int(cfg["threads"]))
-    model, dm, _ = prepare(cfg)
 
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -125,9 +123,13 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer_kwargs = {k: v for k, v in cfg["trainer"].items() if v is not None or k.startswith("limit_")}
     trainer_kwargs = {k: (1.0 if v is None else v) for k, v in trainer_kwargs.items()}
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from spruce.models.checkpoint_io import AtomicCheckpointIO
     try:
-        trainer = L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **trainer_kwargs)
-    except (TypeError, ValueError) as e:  # unknown/invalid trainer.* keys
+        trainer = L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks,
+                            plugins=[AtomicCheckpointIO()], **trainer_kwargs)
+    except (TypeError, ValueError, MisconfigurationException) as e:  # unknown/invalid trainer.* keys
         raise ConfigError(f"trainer: {str(e).splitlines()[0]}") from None
     wandb_dir = None
     try:

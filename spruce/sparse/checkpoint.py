@@ -13,6 +13,9 @@ from pathlib import Path
 import torch
 
 KINDS = ("linear", "conv2d")
+#: ``ckpt["spruce"]["version"]`` this reader understands (= spruce.models.checkpoint.CHECKPOINT_VERSION; sparse
+#: imports models only for layer shapes, so the number is repeated here and a test keeps the two equal)
+SPRUCE_VERSION = 1
 
 
 @dataclass
@@ -38,8 +41,10 @@ class RealLayer:
 def load_checkpoint_file(path: str | Path) -> dict:
     """``torch.load`` a checkpoint safely; ValueError with one line for missing/corrupt/foreign files."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a directory; give the path of a .ckpt file")
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist (or is not a file)")
+        raise ValueError(f"checkpoint {str(path)!r} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle/zip errors, weights_only refusals: all mean "not a usable checkpoint"
@@ -47,6 +52,15 @@ def load_checkpoint_file(path: str | Path) -> dict:
         raise ValueError(f"checkpoint {str(path)!r} cannot be loaded: {first[:200]}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(f"checkpoint {str(path)!r} has no 'state_dict' dict (not a Lightning/Spruce checkpoint)")
+    meta = ckpt.get("spruce")
+    if meta is not None and (not isinstance(meta, dict) or meta.get("version") != SPRUCE_VERSION):
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise ValueError(f"checkpoint {str(path)!r} has Spruce format version {version!r}; this Spruce reads "
+                         f"version {SPRUCE_VERSION}")
+    for key, t in ckpt["state_dict"].items():  # the same refusal as spruce.models.checkpoint.check_finite
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"checkpoint {str(path)!r}: {key} holds {int((~torch.isfinite(t)).sum())} NaN/Inf "
+                             f"value(s) of {t.numel()}; refusing a diverged or corrupt model")
     return ckpt
 
 
