@@ -23,6 +23,7 @@ def _plain(cfg: DictConfig) -> dict:
     if hc.mode == RunMode.MULTIRUN and not d.get("sweep_dir"):
         d["sweep_dir"] = hc.sweep.dir
     d["model_explicit"] = any(o.split("=", 1)[0].lstrip("+~") == "model" for o in hc.overrides.task)
+    d["group_choices"] = {g: hc.runtime.choices.get(g) for g in ("model", "prune", "study")}  # optional groups
     return d
 
 
@@ -34,14 +35,19 @@ def _study(d: dict) -> dict:
 
 @hydra.main(config_path="conf", config_name="bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from spruce.deploy.config import check_groups
     from spruce.deploy.pipeline import bench, remove_if_empty
     d = _plain(cfg)
     try:
+        check_groups(d["group_choices"])  # before the study too (bench() checks them again, cheaply)
         out = _study(d) if d.get("mode") == "study" else bench(d)
-    except ValueError as e:  # bad options, unavailable kernels, verification failures: one line, no files
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # bad options, unavailable kernels, verification failures: one line, no files
+        from spruce.io import first_line
+        print(f"error: {first_line(e)}", file=sys.stderr)
         remove_if_empty(d["out_dir"])
         sys.exit(2)
+    if out.get("mode") == "study":
+        remove_if_empty(d["out_dir"])  # the study writes under results/study/: Hydra's run dir stays empty
     if out.get("mode") in ("study", "aggregate"):
         print(json.dumps(out, indent=1, default=str))
         return

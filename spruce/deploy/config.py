@@ -92,6 +92,7 @@ def from_dict(cfg: dict[str, Any]) -> BenchConfig:
 
     ValueError with one line naming the bad value and what is allowed.
     """
+    check_groups(cfg.get("group_choices"))
     deploy = _get(cfg, "deploy.mode", cfg.get("deploy") if isinstance(cfg.get("deploy"), str) else "auto")
     model = dict(cfg.get("model") or {"name": "vgg16"})
     logger = cfg.get("logger") or {}
@@ -106,10 +107,11 @@ def from_dict(cfg: dict[str, Any]) -> BenchConfig:
         seq_len=cfg.get("seq_len", 128), threads=cfg.get("threads"),
         objective=str(_get(cfg, "deploy.objective", None) or cfg.get("objective", "latency")),
         repeats=cfg.get("repeats", 10), warmup=cfg.get("warmup", 2), plan_repeats=cfg.get("plan_repeats", 5),
-        plan_budget_s=float(cfg.get("plan_budget_s", 1.0)),
+        plan_budget_s=_float("plan_budget_s", cfg.get("plan_budget_s", 1.0)),
         kernels=_names(cfg.get("kernels")), random_init=bool(cfg.get("random_init", True)),
-        seed=int(cfg.get("seed", 0)), rtol=float(_get(cfg, "deploy.rtol", None) or cfg.get("rtol", 1e-3)),
-        atol=float(_get(cfg, "deploy.atol", None) or cfg.get("atol", 1e-4)),
+        seed=_int("seed", cfg.get("seed", 0), 0),
+        rtol=_float("rtol", _get(cfg, "deploy.rtol", None) or cfg.get("rtol", 1e-3)),
+        atol=_float("atol", _get(cfg, "deploy.atol", None) or cfg.get("atol", 1e-4)),
         accuracy_batches=acc.get("max_batches"), accuracy_batch_size=int(acc.get("batch_size", 64)),
         out_dir=str(cfg.get("out_dir") or "outputs/bench"), sweep_dir=cfg.get("sweep_dir"),
         wandb=bool(logger.get("wandb", True)), wandb_offline=bool(logger.get("offline", True)),
@@ -121,6 +123,29 @@ def from_dict(cfg: dict[str, Any]) -> BenchConfig:
     )
     check(out)
     return out
+
+
+def check_groups(choices: dict[str, Any] | None) -> None:
+    """Each config group chosen on the command line (``model=``, ``prune=``, ``study=``: optional in
+    ``conf/bench.yaml``, so Hydra silently skips an unknown name) names a file of ``spruce/conf/<group>/``."""
+    from importlib import resources
+    for group, choice in (choices or {}).items():
+        if choice is None:
+            continue
+        folder = resources.files("spruce.conf").joinpath(group)
+        allowed = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+        if str(choice) not in allowed:
+            raise ValueError(f"{group}={choice} is not allowed; allowed: {', '.join(allowed)}")
+
+
+def _float(name: str, v: Any) -> float:
+    """``float(v)`` with a one-line error naming the key (``plan_budget_s=abc``)."""
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        return float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={v!r} is not allowed; it must be a number") from None
 
 
 def _int(name: str, v: Any, lo: int) -> int:
@@ -154,6 +179,8 @@ def check(c: BenchConfig) -> None:
         c.shortlist = _int("shortlist", c.shortlist, 1)
         if c.predict == "false":
             raise ValueError("shortlist needs the performance model; set predict=auto (profile cached) or predict=true")
+    if not (c.rtol >= 0 and c.atol >= 0):
+        raise ValueError(f"rtol={c.rtol!r}, atol={c.atol!r} are not allowed; tolerances must be >= 0")
     if not c.plan_budget_s > 0:
         raise ValueError(f"plan_budget_s={c.plan_budget_s!r} is not allowed; it must be > 0 (seconds)")
     if c.threads is not None:
@@ -164,6 +191,9 @@ def check(c: BenchConfig) -> None:
         raise ValueError(f"prune.final={c.prune_final!r} is not allowed; it must be in [0, 1)")
     if not c.model.get("name"):
         raise ValueError("model.name is missing; choose a model, e.g. model=vgg16 or model=bert_base")
+    if c.ckpt is not None and Path(c.ckpt).is_dir():
+        raise ValueError(f"ckpt={c.ckpt!r} is a directory; give the path of a .ckpt file (e.g. <run>/checkpoints/"
+                         f"last.ckpt)")
     if c.ckpt is not None and not Path(c.ckpt).is_file():
         raise ValueError(f"ckpt={c.ckpt!r} does not exist")
     if c.plan is not None and not Path(c.plan).is_file():

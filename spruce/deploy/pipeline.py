@@ -28,6 +28,7 @@ from spruce.deploy.config import BenchConfig, from_dict
 from spruce.deploy.peers import peer_columns, peers_csv, peers_markdown, plot_peers, run_peers
 from spruce.deploy.peers import prepare as prepare_peers
 from spruce.deploy.plan import DENSE, Plan, plan
+from spruce.deploy.plan_check import check_plan
 from spruce.deploy.report import (LAYER_KEYS, ROW_KEYS, layer_rows, markdown_table, plot_layers, plot_sweep,
                                   read_rows, rows_csv, run_summary)
 from spruce.deploy.runtime import (convert_, layer_weight_bytes, measure, reference_outputs, verify_against,
@@ -92,20 +93,28 @@ def _input_label(x: Any) -> str:
     return "x".join(str(s) for s in x.shape)
 
 
-def find_predictor(device: str, predict: str = "auto", threads: int | None = None) -> Any:
+def find_predictor(device: str, predict: str = "auto", threads: int | None = None, progress: bool = True) -> Any:
     """The performance model (``spruce.perf``) as ``(kernel, layer_info) -> ms``, or None.
 
     ``predict``: ``"auto"`` uses it only when this machine's profile is already cached (calibrating every CPU kernel
     takes minutes: docs/measured/perf-notes.md), ``"true"`` calibrates when needed, ``"false"`` never predicts.
+    With ``"auto"`` and a cached profile that lacks some kernels (calibrated before they existed), those kernels are
+    simply not predicted (the planner times them); nothing is calibrated.
     CPU only (calibration measures CPU kernels); ``predicted_ms`` stays null otherwise.
     """
     if predict in (False, "false", "False") or device != "cpu":
         return None
-    if predict == "auto" and not perf.profile_cached(threads):
-        return None
-    prof = perf.load_profile()
+    if predict == "auto":
+        prof = perf.cached_profile(threads)
+        if prof is None:
+            return None
+    else:
+        prof = perf.load_profile(progress=progress)
+    cache_only = predict == "auto"
 
     def predictor(kernel: str, info: dict[str, Any]) -> float:
+        if cache_only and info.get("format", "dense") != "dense" and not perf.has_kernel(prof, kernel):
+            raise ValueError(f"kernel {kernel} is not in the cached profile (predict=true calibrates it)")
         return float(perf.predict_ms(kernel, info.get("format", "dense"), info["m"], info["k"], info["n"],
                                      info["nnz"], None, prof))
     return predictor
@@ -176,15 +185,12 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     if c.plan:
         the_plan = Plan.load(c.plan)
-        mods = dict(model.named_modules())
-        missing = [n for n in the_plan.layers if n not in mods]
-        if missing:
-            raise ValueError(f"plan={c.plan!r} names layer {missing[0]!r}, which this model does not have")
+        check_plan(the_plan, model, c.plan)
         notes.append(f"plan reused from {c.plan}")
         _fallback_unavailable(the_plan, c.device, c.deploy, notes)
     else:
         predictor = find_predictor(c.device, "true" if (c.shortlist and c.predict == "auto") else c.predict,
-                                   c.threads)
+                                   c.threads, c.progress)
         if c.shortlist and predictor is None:
             raise ValueError(f"shortlist={c.shortlist} needs the performance model, which exists for device=cpu "
                              f"only (device={c.device})")
@@ -265,8 +271,9 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def write_report(c: BenchConfig, cfg: dict[str, Any], row: dict[str, Any], the_plan: Plan, notes: list[str],
                  sp_label: str) -> dict[str, Any]:
-    """Write plan.json, rows.csv/result.json, layers.csv, layers.png, summary.md, the W&B run; append the row to
-    the sweep's rows.csv and re-render the sweep plots when part of a sweep."""
+    """Write plan.json, rows.csv, layers.csv, layers.png, summary.md, the W&B run; append the row to the sweep's
+    rows.csv and re-render the sweep plots when part of a sweep; ``result.json`` last, so its presence marks a
+    complete result set (a run killed before it leaves none, and readers can tell)."""
     out = Path(c.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     row["run_dir"] = str(out)
@@ -275,7 +282,6 @@ def write_report(c: BenchConfig, cfg: dict[str, Any], row: dict[str, Any], the_p
     lrows = layer_rows(the_plan.layers)
     atomic_write(out / "layers.csv", rows_csv(lrows, LAYER_KEYS))
     atomic_write(out / "rows.csv", rows_csv([row], ROW_KEYS))
-    atomic_write(out / "result.json", json.dumps({"row": row, "notes": notes}, indent=1, default=str))
     images: dict[str, Path] = {}
     if lrows:
         images["layers"] = plot_layers(the_plan.layers, out / "layers.png", f"{name}: per-layer time, dense vs chosen")
@@ -299,6 +305,8 @@ def write_report(c: BenchConfig, cfg: dict[str, Any], row: dict[str, Any], the_p
     if c.wandb:
         config = {k: v for k, v in cfg.items() if k not in ("hydra",)}
         paths["wandb_run"] = str(_log_wandb(out, name, config, row, lrows, images, c))
+    paths["result"] = str(atomic_write(out / "result.json", json.dumps({"row": row, "notes": notes}, indent=1,
+                                                                        default=str)))  # last: the completion mark
     return {**row, "paths": paths, "notes": notes}
 
 

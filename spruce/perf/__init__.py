@@ -15,7 +15,8 @@ from __future__ import annotations
 from spruce.perf.model import predict_ms
 from spruce.perf.profile import MachineProfile, h100_profile
 
-__all__ = ["MachineProfile", "h100_profile", "load_profile", "predict_ms", "profile_cached"]
+__all__ = ["MachineProfile", "cached_profile", "h100_profile", "has_kernel", "load_profile", "predict_ms",
+           "profile_cached"]
 
 
 def load_profile(recalibrate: bool = False, progress: bool = True) -> MachineProfile:
@@ -25,6 +26,27 @@ def load_profile(recalibrate: bool = False, progress: bool = True) -> MachinePro
     from spruce.perf.calibration import load_or_calibrate
 
     return load_or_calibrate(registry.kernels(device="cpu"), recalibrate=recalibrate, progress=progress)
+
+
+def cached_profile(threads: int | None = None) -> MachineProfile | None:
+    """This machine's cached profile for ``threads`` as it is (never calibrates, so it may lack kernels calibrated
+    after it was written; ``has_kernel`` says which it has), or None when nothing is cached. ValueError on a
+    corrupt cache file."""
+    import json
+
+    from spruce.perf.calibration import profile_path
+    path = profile_path(threads)
+    if not path.is_file():
+        return None
+    try:
+        return MachineProfile.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"corrupt machine profile {path} ({e}); delete it or run python -m spruce.perf") from None
+
+
+def has_kernel(profile: MachineProfile, kernel: str) -> bool:
+    """Whether ``profile`` holds calibrated numbers for ``kernel`` (the test ``calibrate`` uses for "missing")."""
+    return kernel in profile.sparse_eff or kernel in profile.overhead_us
 
 
 def profile_cached(threads: int | None = None) -> bool:
