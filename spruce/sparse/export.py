@@ -18,6 +18,7 @@ only; values come from ``.npz`` (bit-exact) or ``.mtx`` (exact decimal), so ``re
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -67,16 +68,62 @@ def safe_name(name: str) -> str:
 
 
 # ---- staging --------------------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_staging(out: str | Path) -> list[Path]:
+    """Remove what killed exports to ``out`` left beside it: ``.<name>.<pid>.*.partial`` folders whose process is
+    gone, and ``.<name>.old`` (the previous export, kept only while being replaced). Returns what was removed."""
+    out = Path(out)
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
+        pid = p.name[len(out.name) + 2:].split(".", 1)[0]
+        if p.is_dir() and not (pid.isdigit() and _pid_alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    old = out.with_name(f".{out.name}.old")
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old)
+    return removed
+
+
+def check_replaceable(out: Path) -> None:
+    """``overwrite=true`` replaces only a previous export: a real folder (not a link) holding a Spruce
+    ``manifest.json``. Anything else is refused, so a mistyped ``out=`` cannot delete a user's folder."""
+    from spruce.sparse.manifest import read_manifest
+    if out.is_symlink() or not out.is_dir():
+        raise ValueError(f"output {str(out)!r} exists and is not an export folder; overwrite=true only replaces a "
+                         f"previous export (choose another out)")
+    try:
+        read_manifest(out)
+    except ValueError:
+        raise ValueError(f"output {str(out)!r} holds no Spruce manifest.json; overwrite=true only replaces a "
+                         f"previous export, never another folder (choose another out)") from None
+
+
 @contextmanager
 def staged_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``out``; on success rename it to ``out``, on failure delete it.
 
-    ``out`` must not exist unless ``overwrite`` (then the old directory is replaced only after the new one
-    is complete).
+    ``out`` must not exist unless ``overwrite`` and it is a previous export (``check_replaceable``); the old
+    directory is replaced only after the new one is complete. Staging folders of killed earlier exports to the
+    same ``out`` are removed first (``remove_stale_staging``).
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ValueError(f"output {str(out)!r} already exists; pass overwrite=true or choose another out")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise ValueError(f"output {str(out)!r} already exists; pass overwrite=true or choose another out")
+        check_replaceable(out)
     created = []  # parents this call creates, removed again if the export fails
     parent = out.parent.absolute()
     while not parent.exists() and parent != parent.parent:
@@ -84,7 +131,8 @@ def staged_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         parent = parent.parent
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        remove_stale_staging(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
     except OSError as e:
         _remove_empty(created)
         raise ValueError(f"cannot write to output directory {str(out.parent)!r}: {e.strerror or e}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from spruce import io
 from spruce.study import config as study_config
 from spruce.perf.calibration import load_or_calibrate
 from spruce.perf.profile import h100_profile
@@ -84,14 +86,19 @@ def run_study(cfg: dict[str, Any] | None = None) -> Path:
     cases, notes, label = build_cases(c)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(c["out"]) / f"{label}-{stamp}"
-    out.mkdir(parents=True, exist_ok=False)
-    (out / "config.json").write_text(json.dumps(c, indent=1, default=str))
     profile = load_or_calibrate([dense] + sparse_kernels, recalibrate=bool(c["recalibrate"]),
-                                progress=bool(c["progress"]))
+                                progress=bool(c["progress"]))  # before the report dir exists: may take minutes
+    out.mkdir(parents=True, exist_ok=False)
+    io.write_json(out / "config.json", c, default=str)
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     t0 = time.time()
-    rows = run_sweep(cases, sparse_kernels, dense, int(c["repeats"]), float(c["budget_s"]), profile,
-                     bool(c["progress"]), out / "rows.csv")
+    try:
+        rows = run_sweep(cases, sparse_kernels, dense, int(c["repeats"]), float(c["budget_s"]), profile,
+                         bool(c["progress"]), out / "rows.csv")
+    except BaseException:
+        if {p.name for p in out.iterdir()} <= {"config.json"}:  # nothing measured: leave no husk behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     write_rows(rows, out / "rows.csv")
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     notes.append(f"sweep: {len(cases)} cases in {time.time() - t0:.0f} s with {c['threads']} thread(s); 1-minute "
