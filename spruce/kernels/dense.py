@@ -30,6 +30,19 @@ def check_prepare(kernel: Kernel, weight: torch.Tensor) -> None:
     check_finite_weight(kernel, weight)
 
 
+def check_packed(kernel: Kernel, packed: object, ok: bool, expected: str) -> None:
+    """ValueError unless ``packed`` is what ``kernel.prepare`` returns (``ok``): another kernel's packed weight or
+    ``None`` would otherwise fail deep inside with an AttributeError/TypeError/RuntimeError."""
+    if not ok:
+        got = type(packed).__name__ + (f" ({packed.layout})" if isinstance(packed, torch.Tensor) else "")
+        raise ValueError(f"{kernel.name}: packed must be what {kernel.name}.prepare returns ({expected}), got {got}")
+
+
+def is_tensor_of(packed: object, layout: torch.layout) -> bool:
+    """``packed`` is a 2-D tensor of ``layout`` (``torch.strided``, ``torch.sparse_csr``, ``torch.sparse_coo``)."""
+    return isinstance(packed, torch.Tensor) and packed.layout == layout and packed.dim() == 2
+
+
 def check_matmul_call(kernel: Kernel, x: torch.Tensor, m: int, k: int, bias: torch.Tensor | None,
                       activation: str, weight_dtype: object) -> None:
     """The checks every CPU baseline's ``matmul`` makes: ``x`` ``[K, N]``, ``bias`` ``[M]`` of ``x``'s dtype, and
@@ -67,6 +80,7 @@ class TorchDense(Kernel):
     def matmul(self, packed: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None,
                activation: str = "none") -> torch.Tensor:
         """``act(W @ X + bias[:, None])``: ``x`` ``[K, N]`` -> ``[M, N]``."""
+        check_packed(self, packed, is_tensor_of(packed, torch.strided), "a dense 2-D tensor")
         m, k = packed.shape
         check_matmul_call(self, x, m, k, bias, activation, packed.dtype)
         y = torch.addmm(bias[:, None], packed, x) if bias is not None else torch.mm(packed, x)
@@ -75,6 +89,7 @@ class TorchDense(Kernel):
     def linear(self, packed: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None,
                activation: str = "none") -> torch.Tensor:
         """``act(x @ W^T + b)``: ``x`` ``[..., K]`` -> ``[..., M]``."""
+        check_packed(self, packed, is_tensor_of(packed, torch.strided), "a dense 2-D tensor")
         m, k = packed.shape
         check_linear_input(self, x, k)
         self.check_input(x.reshape(-1, k).t(), k, bias, m, activation)

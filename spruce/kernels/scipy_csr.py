@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from spruce.kernels.dense import check_matmul_call, check_prepare
+from spruce.kernels.dense import check_matmul_call, check_packed, check_prepare
 from spruce.kernels.registry import Kernel, apply_activation, register
 
 
@@ -36,6 +36,8 @@ class ScipyCsr(Kernel):
     def matmul(self, packed, x: torch.Tensor, bias: torch.Tensor | None = None,
                activation: str = "none") -> torch.Tensor:
         """``act(W @ X + bias[:, None])``: ``x`` ``[K, N]`` -> ``[M, N]``."""
+        import scipy.sparse
+        check_packed(self, packed, scipy.sparse.issparse(packed) and packed.format == "csr", "a SciPy CSR matrix")
         m, k = packed.shape
         check_matmul_call(self, x, m, k, bias, activation, packed.dtype)  # a numpy dtype, compared by name
         y = torch.from_numpy(np.ascontiguousarray(packed @ x.detach().contiguous().numpy()))

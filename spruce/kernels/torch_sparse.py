@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spruce.kernels.dense import check_matmul_call, check_prepare
+from spruce.kernels.dense import check_matmul_call, check_packed, check_prepare, is_tensor_of
 from spruce.kernels.registry import Kernel, apply_activation, register
 
 
@@ -46,6 +46,7 @@ class TorchCsr(Kernel):
     def matmul(self, packed: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None,
                activation: str = "none") -> torch.Tensor:
         """``act(W @ X + bias[:, None])``: ``x`` ``[K, N]`` -> ``[M, N]``."""
+        check_packed(self, packed, is_tensor_of(packed, torch.sparse_csr), "a sparse CSR tensor")
         m, k = packed.shape
         check_matmul_call(self, x, m, k, bias, activation, packed.dtype)
         if packed.values().numel() == 0:  # MKL rejects nnz = 0 on some paths
@@ -94,6 +95,7 @@ class _TorchBsr(Kernel):
     def matmul(self, packed: BsrPacked, x: torch.Tensor, bias: torch.Tensor | None = None,
                activation: str = "none") -> torch.Tensor:
         """``act(W @ X + bias[:, None])``: ``x`` ``[K, N]`` -> ``[M, N]``."""
+        check_packed(self, packed, isinstance(packed, BsrPacked), "a BsrPacked")
         m, k = packed.m, packed.k
         t = packed.tensor
         check_matmul_call(self, x, m, k, bias, activation, t.dtype)
@@ -145,6 +147,7 @@ class TorchCoo(Kernel):
     def matmul(self, packed: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None,
                activation: str = "none") -> torch.Tensor:
         """``act(W @ X + bias[:, None])``: ``x`` ``[K, N]`` -> ``[M, N]``."""
+        check_packed(self, packed, is_tensor_of(packed, torch.sparse_coo), "a sparse COO tensor")
         m, k = packed.shape
         check_matmul_call(self, x, m, k, bias, activation, packed.dtype)
         y = torch.sparse.mm(packed, x.contiguous())
