@@ -50,6 +50,88 @@ def _verify(y: torch.Tensor, ref: torch.Tensor) -> str:
 HOPELESS = 5.0
 
 
+def _skip_row(row: dict[str, Any], sparsity: float) -> dict[str, Any]:
+    """``row`` marked ``skipped``: the kernel was ``HOPELESS`` times slower than dense at ``sparsity``."""
+    return dict(row, status="skipped", error=f"{HOPELESS:g}x slower than dense at sparsity {sparsity:g} already",
+                time_ms="", speedup="", calls=0)
+
+
+def _dense_baseline(case: Case, w: torch.Tensor, xs: dict, dense_kernel, repeats: int, budget_s: float):
+    """The dense kernel's packed weight, reference outputs and median / fastest times (ms) per N."""
+    pd = dense_kernel.prepare(w)
+    refs, dense_ms, dense_min = {}, {}, {}
+    for n in case.ns:
+        refs[n] = dense_kernel.matmul(pd, xs[n])
+        t, _ = time_call(lambda: dense_kernel.matmul(pd, xs[n]), repeats, budget_s, warmup=0)
+        t_min, _ = time_call(lambda: dense_kernel.matmul(pd, xs[n]), 1, budget_s, warmup=0, stat="min")
+        dense_ms[n], dense_min[n] = t * 1e3, min(t, t_min) * 1e3
+    return pd, refs, dense_ms, dense_min
+
+
+def _time_kernel_at(row: dict[str, Any], kn, packed, x: torch.Tensor, ref: torch.Tensor, dense_call,
+                    repeats: int, budget_s: float) -> float | None:
+    """Verify then time one kernel at one N, updating ``row``; returns the fastest-round speedup when timed."""
+    try:
+        err = _verify(kn.matmul(packed, x), ref)
+        if err:
+            row.update(status="wrong", error=err, time_ms="", speedup="", calls=0)
+            return None
+        tp = time_pair(dense_call, lambda: kn.matmul(packed, x), repeats, budget_s)
+        row.update(status="ok", error="", time_ms=tp["fn_median"] * 1e3, dense_ms=tp["ref_median"] * 1e3,
+                   speedup_median=tp["ratio_median"], time_min_ms=tp["fn_min"] * 1e3,
+                   dense_min_ms=tp["ref_min"] * 1e3, speedup=tp["ratio_min"], calls=tp["rounds"])
+        return tp["ratio_min"]
+    except Exception as e:  # recorded as failed
+        row.update(status="failed", error=io.first_line(e, 300, with_type=True), time_ms="", speedup="", calls=0)
+        return None
+
+
+def _kernel_rows(case: Case, kn, w: torch.Tensor, base: dict, ctx: dict, hopeless: dict) -> list[dict[str, Any]]:
+    """Rows of one sparse kernel for every N of ``case`` (``ctx``: shared inputs, references and timings)."""
+    batches, dense_ms, profile = ctx["batches"], ctx["dense_ms"], ctx["profile"]
+    m, k = w.shape
+    nb = None
+    if kn.format == "bsr":
+        blk = perf_model.block_for(kn.name, kn.format)
+        nb = ctx["blocks"].setdefault(blk, nonempty_blocks(w, blk))
+    keys = {n: (case.model, case.layer, case.kind, n, kn.name) for n in case.ns}
+    if all(keys[n] in hopeless and case.sparsity < hopeless[keys[n]] for n in case.ns):
+        return [_skip_row(dict(base, n=n, batch=b, kernel=kn.name, format=kn.format, dense_ms=dense_ms[n],
+                               weight_bytes="", convert_ms="", nblocks=""), hopeless[keys[n]])
+                for n, b in zip(case.ns, batches)]
+    try:
+        t0 = time.perf_counter()
+        packed = kn.prepare(w)
+        conv_ms = (time.perf_counter() - t0) * 1e3
+        wbytes = int(kn.weight_bytes(packed))
+    except Exception as e:  # a failing kernel is a result: recorded, not raised
+        return [dict(base, n=n, batch=b, kernel=kn.name, format=kn.format, status="failed",
+                     error="prepare: " + io.first_line(e, 300, with_type=True), time_ms="", dense_ms=dense_ms[n],
+                     speedup="", weight_bytes="", convert_ms="", calls=0, predicted_ms="", predicted_dense_ms="",
+                     nblocks=nb if nb is not None else "")
+                for n, b in zip(case.ns, batches)]
+    rows = []
+    for n, b in zip(case.ns, batches):
+        row = dict(base, n=n, batch=b, kernel=kn.name, format=kn.format, dense_ms=dense_ms[n],
+                   weight_bytes=wbytes, convert_ms=conv_ms, nblocks=nb if nb is not None else "")
+        if keys[n] in hopeless and case.sparsity < hopeless[keys[n]]:
+            rows.append(_skip_row(row, hopeless[keys[n]]))
+            continue
+        if profile is not None:
+            row["predicted_ms"] = perf_model.sparse_time_s(kn.name, kn.format, m, k, n, base["nnz"],
+                                                           base["row_cov"], profile, nblocks=nb) * 1e3
+            row["predicted_dense_ms"] = ctx["predicted_dense"][n]
+        pd, dk = ctx["pd"], ctx["dense_kernel"]
+        ratio = _time_kernel_at(row, kn, packed, ctx["xs"][n], ctx["refs"][n], lambda: dk.matmul(pd, ctx["xs"][n]),
+                                ctx["repeats"], ctx["budget_s"])
+        if ratio is not None and ratio < 1.0 / HOPELESS:
+            hopeless[keys[n]] = min(hopeless.get(keys[n], 1.0), case.sparsity)
+        rows.append(row)
+    del packed
+    gc.collect()
+    return rows
+
+
 def run_case(case: Case, kernels: list, dense_kernel, repeats: int, budget_s: float,
              profile: MachineProfile | None, hopeless: dict[tuple, float] | None = None) -> list[dict[str, Any]]:
     """Rows for one case: per kernel and per N (the dense kernel included as the baseline row).
@@ -63,89 +145,26 @@ def run_case(case: Case, kernels: list, dense_kernel, repeats: int, budget_s: fl
     if (m, k) != (case.m, case.k):
         raise ValueError(f"case {case.group}: made a {tuple(w.shape)} matrix, expected {(case.m, case.k)}")
     nnz = int((w != 0).sum())
-    cov = row_cov(w)
     base = dict(source=case.source, model=case.model, layer=case.layer, m=m, k=k, kind=case.kind,
                 group=case.group, sparsity_target=case.sparsity, sparsity=1.0 - nnz / (m * k), nnz=nnz,
-                row_cov=cov, dense_weight_bytes=4 * m * k)
+                row_cov=row_cov(w), dense_weight_bytes=4 * m * k)
     batches = case.batches or [None] * len(case.ns)
     xs = {n: torch.randn(k, n, generator=torch.Generator().manual_seed(n)) for n in case.ns}
-    pd = dense_kernel.prepare(w)
-    refs, dense_ms, dense_min = {}, {}, {}
-    for n in case.ns:
-        refs[n] = dense_kernel.matmul(pd, xs[n])
-        t, _ = time_call(lambda: dense_kernel.matmul(pd, xs[n]), repeats, budget_s, warmup=0)
-        t_min, _ = time_call(lambda: dense_kernel.matmul(pd, xs[n]), 1, budget_s, warmup=0, stat="min")
-        dense_ms[n], dense_min[n] = t * 1e3, min(t, t_min) * 1e3
-    rows: list[dict[str, Any]] = []
-    blocks_cache: dict[tuple[int, int], int] = {}
-    for n, b in zip(case.ns, batches):
-        pred_d = perf_model.predict_ms(dense_kernel.name, "dense", m, k, n, m * k, None, profile) if profile else None
-        rows.append(dict(base, n=n, batch=b, kernel=dense_kernel.name, format="dense", status="ok", error="",
-                         time_ms=dense_ms[n], dense_ms=dense_ms[n], speedup=1.0, speedup_median=1.0,
-                         time_min_ms=dense_min[n], dense_min_ms=dense_min[n], weight_bytes=4 * m * k,
-                         convert_ms=0.0, calls=0, predicted_ms=pred_d, predicted_dense_ms=pred_d, nblocks=""))
+    pd, refs, dense_ms, dense_min = _dense_baseline(case, w, xs, dense_kernel, repeats, budget_s)
+    predicted_dense = {n: perf_model.predict_ms(dense_kernel.name, "dense", m, k, n, m * k, None, profile)
+                       if profile else None for n in case.ns}
+    rows: list[dict[str, Any]] = [
+        dict(base, n=n, batch=b, kernel=dense_kernel.name, format="dense", status="ok", error="",
+             time_ms=dense_ms[n], dense_ms=dense_ms[n], speedup=1.0, speedup_median=1.0, time_min_ms=dense_min[n],
+             dense_min_ms=dense_min[n], weight_bytes=4 * m * k, convert_ms=0.0, calls=0,
+             predicted_ms=predicted_dense[n], predicted_dense_ms=predicted_dense[n], nblocks="")
+        for n, b in zip(case.ns, batches)]
+    ctx = dict(batches=batches, xs=xs, refs=refs, dense_ms=dense_ms, pd=pd, dense_kernel=dense_kernel,
+               profile=profile, predicted_dense=predicted_dense, repeats=repeats, budget_s=budget_s, blocks={})
     for kn in kernels:
-        if kn.name == dense_kernel.name:
-            continue
-        blk = perf_model.block_for(kn.name, kn.format)
-        nb = None
-        if kn.format == "bsr":
-            nb = blocks_cache.setdefault(blk, nonempty_blocks(w, blk))
-        if all((case.model, case.layer, case.kind, n, kn.name) in hopeless
-               and case.sparsity < hopeless[(case.model, case.layer, case.kind, n, kn.name)] for n in case.ns):
-            for n, b in zip(case.ns, batches):
-                hs = hopeless[(case.model, case.layer, case.kind, n, kn.name)]
-                rows.append(dict(base, n=n, batch=b, kernel=kn.name, format=kn.format, status="skipped",
-                                 error=f"{HOPELESS:g}x slower than dense at sparsity {hs:g} already", time_ms="",
-                                 dense_ms=dense_ms[n], speedup="", weight_bytes="", convert_ms="", calls=0,
-                                 nblocks=""))
-            continue
-        packed = None
-        try:
-            t0 = time.perf_counter()
-            packed = kn.prepare(w)
-            conv_ms = (time.perf_counter() - t0) * 1e3
-            wbytes = int(kn.weight_bytes(packed))
-        except Exception as e:  # a failing kernel is a result: recorded, not raised
-            for n, b in zip(case.ns, batches):
-                rows.append(dict(base, n=n, batch=b, kernel=kn.name, format=kn.format, status="failed",
-                                 error="prepare: " + io.first_line(e, 300, with_type=True), time_ms="", dense_ms=dense_ms[n], speedup="",
-                                 weight_bytes="", convert_ms="", calls=0, predicted_ms="", predicted_dense_ms="",
-                                 nblocks=nb if nb is not None else ""))
-            continue
-        for n, b in zip(case.ns, batches):
-            row = dict(base, n=n, batch=b, kernel=kn.name, format=kn.format, dense_ms=dense_ms[n],
-                       weight_bytes=wbytes, convert_ms=conv_ms, nblocks=nb if nb is not None else "")
-            hkey = (case.model, case.layer, case.kind, n, kn.name)
-            if hkey in hopeless and case.sparsity < hopeless[hkey]:
-                row.update(status="skipped", error=f"{HOPELESS:g}x slower than dense at sparsity "
-                           f"{hopeless[hkey]:g} already", time_ms="", speedup="", calls=0)
-                rows.append(row)
-                continue
-            if profile is not None:
-                row["predicted_ms"] = perf_model.sparse_time_s(kn.name, kn.format, m, k, n, nnz, cov, profile,
-                                                               nblocks=nb) * 1e3
-                row["predicted_dense_ms"] = perf_model.predict_ms(dense_kernel.name, "dense", m, k, n, m * k,
-                                                                  None, profile)
-            try:
-                err = _verify(kn.matmul(packed, xs[n]), refs[n])
-                if err:
-                    row.update(status="wrong", error=err, time_ms="", speedup="", calls=0)
-                else:
-                    tp = time_pair(lambda: dense_kernel.matmul(pd, xs[n]), lambda: kn.matmul(packed, xs[n]),
-                                   repeats, budget_s)
-                    row.update(status="ok", error="", time_ms=tp["fn_median"] * 1e3,
-                               dense_ms=tp["ref_median"] * 1e3, speedup_median=tp["ratio_median"],
-                               time_min_ms=tp["fn_min"] * 1e3, dense_min_ms=tp["ref_min"] * 1e3,
-                               speedup=tp["ratio_min"], calls=tp["rounds"])
-                    if tp["ratio_min"] < 1.0 / HOPELESS:
-                        hopeless[hkey] = min(hopeless.get(hkey, 1.0), case.sparsity)
-            except Exception as e:  # recorded as failed
-                row.update(status="failed", error=io.first_line(e, 300, with_type=True), time_ms="", speedup="", calls=0)
-            rows.append(row)
-        del packed
-        gc.collect()
-    del pd
+        if kn.name != dense_kernel.name:
+            rows.extend(_kernel_rows(case, kn, w, base, ctx, hopeless))
+    del pd, ctx
     return rows
 
 
