@@ -157,88 +157,110 @@ def findings_h100(h: list[dict]) -> list[str]:
     return out
 
 
-def build_report(rows: list[dict[str, Any]], out: Path, profile: MachineProfile, h100: MachineProfile,
-                 kinds_order: list[str], notes: list[str], command: str) -> dict[str, Any]:
-    """Compute every table, write every file of ``REPORT_FILES`` under ``out``; returns the summary dict."""
-    out = Path(out)
+def _tables(rows: list[dict[str, Any]], profile: MachineProfile, h100: MachineProfile,
+            kinds_order: list[str]) -> dict[str, Any]:
+    """Every table of the report, computed from the rows (no files written)."""
     sources = sorted({r["source"] for r in rows})
     kinds = {s: analysis.primary_kind(rows, s, kinds_order) for s in sources}
     formats = {r["kernel"]: r["format"] for r in rows}
-    cv = analysis.curves(rows, kinds)
     xt = analysis.crossover_table(rows, kinds, profile, formats)
-    win = analysis.winners(rows, kinds)
     amort = analysis.amortisation_table(rows, kinds, profile)
-    at90 = analysis.amortisation_at(amort, 0.9)
-    mem = analysis.memory_table(rows, kinds)
-    rvs = analysis.real_vs_synthetic(rows)
     shapes = sorted({(analysis.shape_key(r), int(r["m"]), int(r["k"]), int(r["n"])) for r in rows})
-    h = analysis.h100_table(shapes, h100)
-    terr = analysis.time_error(rows)
+    return dict(kinds=kinds, cv=analysis.curves(rows, kinds), xt=xt, win=analysis.winners(rows, kinds),
+                amort=amort, at90=analysis.amortisation_at(amort, 0.9), mem=analysis.memory_table(rows, kinds),
+                rvs=analysis.real_vs_synthetic(rows), shapes=shapes, h=analysis.h100_table(shapes, h100),
+                terr=analysis.time_error(rows), failed=[r for r in rows if r["status"] in ("failed", "wrong")])
 
-    write_csv(xt, out / "crossovers.csv")
-    write_csv(win, out / "winners.csv")
-    write_csv(amort, out / "amortisation.csv")
-    write_csv(mem, out / "memory.csv")
-    write_csv(rvs, out / "real_vs_synthetic.csv")
-    write_csv(h, out / "h100.csv")
+
+def _write_data(t: dict[str, Any], rows: list[dict[str, Any]], out: Path, profile: MachineProfile,
+                h100: MachineProfile) -> None:
+    """The CSV tables, machine.json and the PNG figures."""
+    for key, name in (("xt", "crossovers"), ("win", "winners"), ("amort", "amortisation"), ("mem", "memory"),
+                      ("rvs", "real_vs_synthetic"), ("h", "h100")):
+        write_csv(t[key], out / f"{name}.csv")
     io.write_json(out / "machine.json", {"measured": profile.to_dict(), "h100": h100.to_dict()})
-    plots.speedup_curves(cv, xt, out / "speedup_curves.png")
-    plots.winner_heatmap(win, out / "winners.png")
-    plots.amortisation_curves(amort, out / "amortisation.png")
-    plots.real_vs_synthetic(rvs, out / "real_vs_synthetic.png")
-    plots.model_vs_measured(xt, rows, out / "model_vs_measured.png")
-    plots.h100(h, out / "h100.png")
+    plots.speedup_curves(t["cv"], t["xt"], out / "speedup_curves.png")
+    plots.winner_heatmap(t["win"], out / "winners.png")
+    plots.amortisation_curves(t["amort"], out / "amortisation.png")
+    plots.real_vs_synthetic(t["rvs"], out / "real_vs_synthetic.png")
+    plots.model_vs_measured(t["xt"], rows, out / "model_vs_measured.png")
+    plots.h100(t["h"], out / "h100.png")
 
+
+def _summary(t: dict[str, Any], rows: list[dict[str, Any]], profile: MachineProfile, command: str) -> dict:
+    xt = t["xt"]
     hb, nb = analysis.fraction_within(xt, None)
-    failed = [r for r in rows if r["status"] in ("failed", "wrong")]
-    summary = {"rows": len(rows), "failed_or_wrong": len(failed), "shapes": len(shapes),
-               "within_5_best": hb, "shapes_best": nb, "fraction_within_5_best": hb / nb if nb else None,
-               "within_5_pairs": sum(bool(r["within_5"]) for r in xt if r["kernel"] != analysis.BEST),
-               "pairs": sum(1 for r in xt if r["kernel"] != analysis.BEST), "time_error": terr,
-               "primary_kinds": kinds, "machine": profile.name, "command": command}
-    io.write_json(out / "summary.json", summary)
+    return {"rows": len(rows), "failed_or_wrong": len(t["failed"]), "shapes": len(t["shapes"]),
+            "within_5_best": hb, "shapes_best": nb, "fraction_within_5_best": hb / nb if nb else None,
+            "within_5_pairs": sum(bool(r["within_5"]) for r in xt if r["kernel"] != analysis.BEST),
+            "pairs": sum(1 for r in xt if r["kernel"] != analysis.BEST), "time_error": t["terr"],
+            "primary_kinds": t["kinds"], "machine": profile.name, "command": command}
 
-    def section(title: str, finds: list[str], body: str) -> str:
-        return f"## {title}\n\n" + "".join(f"- {f}\n" for f in finds) + "\n" + body + "\n"
 
+def _section(title: str, finds: list[str], body: str) -> str:
+    return f"## {title}\n\n" + "".join(f"- {f}\n" for f in finds) + "\n" + body + "\n"
+
+
+def _markdown_head(t: dict[str, Any], rows: list[dict[str, Any]], profile: MachineProfile, notes: list[str],
+                   command: str) -> list[str]:
+    """Title, machine, notes and the failed runs."""
+    failed = t["failed"]
     md = [f"# Sparsity study\n\nCommand: `{command}`\n\nMachine: {profile.name}: dense peak "
           f"{profile.peak_gflops:.0f} GFLOP/s, bandwidth {profile.bw_gbs:.1f} GB/s, LLC "
           f"{profile.cache_bytes / 2 ** 20:.0f} MiB, {profile.threads} threads. {len(rows)} rows "
-          f"({len(failed)} failed/wrong), {len(shapes)} shapes; main tables use kinds "
-          + ", ".join(f"{s}: {k}" for s, k in kinds.items()) + ". All data: `rows.csv`.\n"]
+          f"({len(failed)} failed/wrong), {len(t['shapes'])} shapes; main tables use kinds "
+          + ", ".join(f"{s}: {k}" for s, k in t["kinds"].items()) + ". All data: `rows.csv`.\n"]
     if notes:
         md.append("Notes:\n" + "".join(f"- {n}\n" for n in notes) + "\n")
     if failed:
         md.append("Failed or wrong kernel runs (recorded, not timed):\n\n" + md_table(
             failed[:30], [("model", "model"), ("layer", "layer"), ("n", "N"), ("sparsity_target", "s"),
                           ("kernel", "kernel"), ("status", "status"), ("error", "error")]) + "\n")
-    md.append(section("Crossover: speedup vs sparsity", findings_crossover(xt),
-                      "![speedup curves](speedup_curves.png)\n\n" + md_table(
-                          xt, [("shape", "shape"), ("kernel", "kernel"), ("measured_label", "measured"),
-                               ("predicted_label", "predicted"), ("within_5", "within 5 pts"),
-                               ("points", "points")])))
-    md.append(section("Winning kernel per shape and sparsity", findings_winners(win), "![winners](winners.png)\n"))
-    md.append(section("Amortisation", findings_amortisation(at90),
-                      "![amortisation](amortisation.png)\n\nAt the sparsity nearest 90%, the kernel that pays off "
-                      "soonest (inf: never faster than dense):\n\n" + md_table(
-                          at90, [("shape", "shape"), ("sparsity", "s"), ("kernel", "kernel"),
-                                 ("convert_ms", "convert ms"), ("dense_ms", "dense ms"), ("sparse_ms", "sparse ms"),
-                                 ("inferences", "inferences"), ("predicted_inferences", "predicted")])))
-    md.append(section("Memory crossover", findings_memory(mem), md_table(
-        mem, [("shape", "layer"), ("kernel", "kernel"), ("measured_label", "measured"), ("predicted", "model"),
-              ("within_5", "within 5 pts")])))
-    md.append(section("Real vs synthetic", findings_rvs(rvs), "![real vs synthetic](real_vs_synthetic.png)\n\n"
-                      + md_table(rvs, [("model", "model"), ("layer", "layer"), ("n", "N"), ("kernel", "kernel"),
-                                       ("kind", "kind"), ("ratio_median", "time / uniform"),
-                                       ("ratio_min", "min"), ("ratio_max", "max"), ("points", "points")])))
-    md.append(section("Model vs measurement", findings_model(xt, terr),
-                      "![model vs measured](model_vs_measured.png)\n\nModel: roofline (Park et al. ICLR 2017; Gale "
-                      "et al. SC20), formulas in `spruce/study/perf_model.py`; constants in `machine.json`.\n"))
-    md.append(section("H100 predictions (data sheet, not measured)", findings_h100(h),
-                      "`cuda_csr`: an FP32 CSR SpMM on a uniformly random mask; `cuda_bsr16`: an FP32 16x16 BSR "
-                      "SpMM on a block-pruned mask. Crossovers are searched below 99% sparsity; sparse-kernel "
-                      "constants are assumptions (see `machine.json`).\n\n![h100](h100.png)\n\n" + md_table(
-                          h, [("shape", "shape"), ("kernel", "kernel"), ("dense_path", "vs dense"),
-                              ("label", "crossover"), ("speedup_at_90", "speedup at 90%")])))
+    return md
+
+
+def _markdown_sections(t: dict[str, Any]) -> list[str]:
+    """One section per question of the study."""
+    xt, at90, mem, rvs, h = t["xt"], t["at90"], t["mem"], t["rvs"], t["h"]
+    return [
+        _section("Crossover: speedup vs sparsity", findings_crossover(xt),
+                 "![speedup curves](speedup_curves.png)\n\n" + md_table(
+                     xt, [("shape", "shape"), ("kernel", "kernel"), ("measured_label", "measured"),
+                          ("predicted_label", "predicted"), ("within_5", "within 5 pts"), ("points", "points")])),
+        _section("Winning kernel per shape and sparsity", findings_winners(t["win"]), "![winners](winners.png)\n"),
+        _section("Amortisation", findings_amortisation(at90),
+                 "![amortisation](amortisation.png)\n\nAt the sparsity nearest 90%, the kernel that pays off "
+                 "soonest (inf: never faster than dense):\n\n" + md_table(
+                     at90, [("shape", "shape"), ("sparsity", "s"), ("kernel", "kernel"), ("convert_ms", "convert ms"),
+                            ("dense_ms", "dense ms"), ("sparse_ms", "sparse ms"), ("inferences", "inferences"),
+                            ("predicted_inferences", "predicted")])),
+        _section("Memory crossover", findings_memory(mem), md_table(
+            mem, [("shape", "layer"), ("kernel", "kernel"), ("measured_label", "measured"), ("predicted", "model"),
+                  ("within_5", "within 5 pts")])),
+        _section("Real vs synthetic", findings_rvs(rvs), "![real vs synthetic](real_vs_synthetic.png)\n\n"
+                 + md_table(rvs, [("model", "model"), ("layer", "layer"), ("n", "N"), ("kernel", "kernel"),
+                                  ("kind", "kind"), ("ratio_median", "time / uniform"), ("ratio_min", "min"),
+                                  ("ratio_max", "max"), ("points", "points")])),
+        _section("Model vs measurement", findings_model(xt, t["terr"]),
+                 "![model vs measured](model_vs_measured.png)\n\nModel: roofline (Park et al. ICLR 2017; Gale "
+                 "et al. SC20), formulas in `spruce/perf/model.py`; constants in `machine.json`.\n"),
+        _section("H100 predictions (data sheet, not measured)", findings_h100(h),
+                 "`cuda_csr`: an FP32 CSR SpMM on a uniformly random mask; `cuda_bsr16`: an FP32 16x16 BSR "
+                 "SpMM on a block-pruned mask. Crossovers are searched below 99% sparsity; sparse-kernel "
+                 "constants are assumptions (see `machine.json`).\n\n![h100](h100.png)\n\n" + md_table(
+                     h, [("shape", "shape"), ("kernel", "kernel"), ("dense_path", "vs dense"),
+                         ("label", "crossover"), ("speedup_at_90", "speedup at 90%")])),
+    ]
+
+
+def build_report(rows: list[dict[str, Any]], out: Path, profile: MachineProfile, h100: MachineProfile,
+                 kinds_order: list[str], notes: list[str], command: str) -> dict[str, Any]:
+    """Compute every table, write every file of ``REPORT_FILES`` under ``out``; returns the summary dict."""
+    out = Path(out)
+    t = _tables(rows, profile, h100, kinds_order)
+    _write_data(t, rows, out, profile, h100)
+    summary = _summary(t, rows, profile, command)
+    io.write_json(out / "summary.json", summary)
+    md = _markdown_head(t, rows, profile, notes, command) + _markdown_sections(t)
     io.atomic_write(out / "report.md", "\n".join(md))
     return summary
