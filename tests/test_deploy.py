@@ -304,13 +304,28 @@ def test_auto_needs_a_margin_over_dense(monkeypatch, sparse_ms: float, expected:
     import importlib
     plan_mod = importlib.import_module("spruce.deploy.plan")  # the module (spruce.deploy.plan is also a function)
     monkeypatch.setattr(plan_mod, "time_ms", lambda fn, **kw: [10.0])  # the dense layer: 10 ms
-    monkeypatch.setattr(plan_mod, "_time_candidate", lambda *a, **kw: (sparse_ms, 3))
+    monkeypatch.setattr(plan_mod, "_time_candidate", lambda *a, **kw: (sparse_ms, 3, sparse_ms))
     layer = nn.Linear(16, 8)
     with torch.no_grad():
         layer.weight[:, ::2] = 0
     from spruce.kernels import get
     entry = plan_mod.plan_layer("fc", layer, torch.randn(4, 16), [get("torch_csr")], "auto", "latency")
     assert entry["kernel"] == expected and entry["candidates"]["torch_csr"] == sparse_ms
+
+
+def test_choice_follows_the_fastest_run_not_the_median(monkeypatch) -> None:
+    """A dense layer whose median is hit by scheduler stalls (1 ms runs measured at 16 ms) stays dense when a sparse
+    kernel is only faster than the stalled median."""
+    import importlib
+    plan_mod = importlib.import_module("spruce.deploy.plan")
+    monkeypatch.setattr(plan_mod, "time_ms", lambda fn, **kw: [1.0, 16.0, 16.0])  # dense: median 16, best 1
+    monkeypatch.setattr(plan_mod, "_time_candidate", lambda *a, **kw: (3.0, 3, 2.5))
+    layer = nn.Linear(16, 8)
+    with torch.no_grad():
+        layer.weight[:, ::2] = 0
+    from spruce.kernels import get
+    entry = plan_mod.plan_layer("fc", layer, torch.randn(4, 16), [get("torch_csr")], "auto", "latency")
+    assert entry["kernel"] == DENSE and entry["best_ms"] == {DENSE: 1.0, "torch_csr": 2.5}
 
 
 def test_shortlist_times_only_the_predicted_fastest() -> None:
