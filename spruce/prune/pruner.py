@@ -12,6 +12,10 @@
 * ``squash()`` drops the masks, leaving plain weights with exact zeros.
 
 ``round`` is Python's (half to even); ``sparsity()`` counts the zeros of the masked weights.
+
+Structure (``structure.py``): with ``Structure(block=...)`` or ``Structure(n_m=...)`` every layer's mask keeps
+that structure (layer-wise scope only). Per-layer targets: ``step({fqn: sparsity, ...})`` gives each layer its
+own target (layer-wise scope only; a layer left out keeps its mask).
 """
 from __future__ import annotations
 
@@ -23,8 +27,9 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from spruce.prune.masks import MASK_NAME, MASKABLE, apply_mask_, attach_mask, remove_mask
-from spruce.prune.scores import SCORES, MovementScores, magnitude_score
-from spruce.prune.select import lowest_k, lowest_k_global
+from spruce.prune.scores import SCORES, MovementScores, SoftMovementScores, magnitude_score
+from spruce.prune.select import lowest_k_global
+from spruce.prune.structure import Structure, structured_lowest
 
 SCOPES = ("layerwise", "global")
 STATE_VERSION = 1
@@ -54,24 +59,34 @@ def resolve_layers(model: nn.Module, layer_names: Sequence[str]) -> dict[str, nn
 
 
 class MagnitudePruner:
-    """Unstructured pruning by magnitude (``|w|``) or movement scores, layer-wise or global.
+    """Pruning by magnitude (``|w|``), hard movement or soft movement scores, layer-wise or global.
 
     Args:
         scope: ``"layerwise"`` (every layer reaches the target) or ``"global"`` (one threshold for all layers).
-        score: ``"magnitude"`` or ``"movement"`` (call :meth:`accumulate` after every backward for movement).
+        score: ``"magnitude"``, ``"movement"`` (hard: ``-sum w * grad``) or ``"soft_movement"`` (learned scores,
+            straight-through top-k + regulariser); call :meth:`accumulate` after every backward for the movement
+            scores.
+        structure: mask granularity (``None``: unstructured); block / N:M need ``scope="layerwise"``.
+        score_lr, score_reg: Adam step size and regulariser ``lambda`` of ``"soft_movement"``.
     """
 
-    def __init__(self, scope: str = "layerwise", score: str = "magnitude") -> None:
+    def __init__(self, scope: str = "layerwise", score: str = "magnitude", structure: Structure | None = None,
+                 score_lr: float = 0.01, score_reg: float = 0.0) -> None:
         if scope not in SCOPES:
             raise ValueError(f"scope={scope!r} is not allowed; allowed: {', '.join(SCOPES)}")
         if score not in SCORES:
             raise ValueError(f"score={score!r} is not allowed; allowed: {', '.join(SCORES)}")
+        self.structure = structure or Structure()
+        if scope == "global" and not self.structure.unstructured:
+            raise ValueError(f"prune.scope=global with a {self.structure.describe()} structure is not supported; "
+                             f"use prune.scope=layerwise")
         self.scope = scope
         self.score = score
         self.layers: list[str] = []
         self.modules: dict[str, nn.Module] = {}
-        self.target = 0.0
-        self.movement = MovementScores()
+        self.target: float | dict[str, float] = 0.0
+        self.movement: MovementScores | SoftMovementScores = (
+            SoftMovementScores(score_lr, score_reg) if score == "soft_movement" else MovementScores())
 
     # ---- life cycle -----------------------------------------------------------------------------------
     def prepare(self, model: nn.Module, layer_names: Sequence[str]) -> None:
@@ -92,31 +107,50 @@ class MagnitudePruner:
             raise ValueError(f"layer {name!r} has NaN weights or scores; cannot rank them for pruning")
         return s.masked_fill(~getattr(m, MASK_NAME), float("-inf"))
 
+    def _layer_targets(self, sparsity: float | Mapping[str, float]) -> dict[str, float]:
+        if isinstance(sparsity, Mapping):
+            if self.scope != "layerwise":
+                raise ValueError("per-layer targets need scope='layerwise'")
+            unknown = [n for n in sparsity if n not in self.modules]
+            if unknown:
+                raise ValueError(f"per-layer target for {unknown[0]!r}, which this pruner does not prune")
+            out = {n: float(v) for n, v in sparsity.items()}
+        else:
+            out = {n: float(sparsity) for n in self.modules}
+        for n, v in out.items():
+            check_sparsity(v)
+            self.structure.check_sparsity(v, f"layer {n!r}")
+        return out
+
     @torch.no_grad()
-    def step(self, sparsity: float) -> dict[str, float]:
-        """Update the masks to reach ``sparsity`` (in ``[0, 1)``) and zero the pruned weights.
+    def step(self, sparsity: float | Mapping[str, float]) -> dict[str, float]:
+        """Update the masks to reach ``sparsity`` (in ``[0, 1)``; or ``{fqn: sparsity}`` per layer) and zero the
+        pruned weights.
 
         Returns:
             ``sparsity()`` after the update: ``{fqn: fraction of zeros, ..., "overall": float}``.
         """
-        check_sparsity(sparsity)
+        if not isinstance(sparsity, Mapping):
+            check_sparsity(sparsity)
         self._require_prepared()
+        targets = self._layer_targets(sparsity)
         masks = {n: getattr(m, MASK_NAME) for n, m in self.modules.items()}
         if self.scope == "layerwise":
-            for name, m in self.modules.items():
-                mask = masks[name]
-                k = round(sparsity * mask.numel())
-                if k > int((~mask).sum()):
-                    mask.copy_(~lowest_k(self._scores(name, m), k))
+            for name, target in targets.items():
+                m, mask = self.modules[name], masks[name]
+                if self.structure.unstructured and round(target * mask.numel()) <= int((~mask).sum()):
+                    continue  # monotone: nothing new to prune (skips the ranking)
+                pruned = structured_lowest(self._scores(name, m), target, self.structure)
+                mask.logical_and_(~pruned.to(mask.device))
         else:
             total = sum(mask.numel() for mask in masks.values())
-            k = round(sparsity * total)
+            k = round(float(sparsity) * total)
             if k > sum(int((~mask).sum()) for mask in masks.values()):
                 pruned = lowest_k_global([self._scores(n, m) for n, m in self.modules.items()], k)
                 for mask, p in zip(masks.values(), pruned):
                     mask.copy_(~p.to(mask.device))
         self.apply_masks()
-        self.target = float(sparsity)
+        self.target = dict(sparsity) if isinstance(sparsity, Mapping) else float(sparsity)
         return self.sparsity()
 
     def apply_masks(self) -> None:
@@ -126,7 +160,7 @@ class MagnitudePruner:
 
     def accumulate(self) -> None:
         """Movement scores: add ``-w * grad`` (call after backward, before the optimizer step); no-op otherwise."""
-        if self.score == "movement":
+        if self.score in ("movement", "soft_movement"):
             self.movement.accumulate(self.modules)
 
     def hook_optimizer(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
@@ -162,9 +196,10 @@ class MagnitudePruner:
     def state_dict(self) -> dict[str, Any]:
         """Plain state (``torch.load(weights_only=True)``-safe): layers, scope, score, last target, movement
         scores. The masks themselves live in the model's state dict as ``<fqn>.weight_mask``."""
+        target = dict(self.target) if isinstance(self.target, Mapping) else float(self.target)
         state: dict[str, Any] = {"version": STATE_VERSION, "layers": list(self.layers), "scope": self.scope,
-                                 "score": self.score, "target": float(self.target)}
-        if self.score == "movement":
+                                 "score": self.score, "target": target, "structure": self.structure.describe()}
+        if self.score in ("movement", "soft_movement"):
             state["movement"] = self.movement.state_dict()
         return state
 
@@ -174,6 +209,10 @@ class MagnitudePruner:
             if state.get(key) != getattr(self, key):
                 raise ValueError(f"checkpoint pruner {key}={state.get(key)!r} differs from this run's "
                                  f"{key}={getattr(self, key)!r}; resume with the same prune settings")
+        saved = state.get("structure", "unstructured")  # checkpoints from before structures were unstructured
+        if saved != self.structure.describe():
+            raise ValueError(f"checkpoint masks are {saved}, this run asks for {self.structure.describe()}; "
+                             f"resume with the same prune.block / prune.n_m")
         layers = list(state.get("layers", []))
         if self.layers and layers != self.layers:
             missing = sorted(set(layers) ^ set(self.layers))[:3]
@@ -181,6 +220,7 @@ class MagnitudePruner:
                              f"resume with the same prune.layers")
         if not self.layers:
             self.layers = layers
-        self.target = float(state.get("target", 0.0))
+        target = state.get("target", 0.0)
+        self.target = {k: float(v) for k, v in target.items()} if isinstance(target, Mapping) else float(target)
         if "movement" in state:
             self.movement.load_state_dict(state["movement"])

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-SCORES = ("magnitude", "movement")
+SCORES = ("magnitude", "movement", "soft_movement")
 
 
 def magnitude_score(weight: torch.Tensor) -> torch.Tensor:
@@ -52,3 +52,69 @@ class MovementScores:
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self.scores = {k: v.detach().clone().float() for k, v in state.items()}
+
+
+class SoftMovementScores:
+    """Learned scores ``S`` (float32, weight shape, start at 0) trained by straight-through top-k + regulariser.
+
+    One :meth:`accumulate` per optimizer step (after backward, gradients already masked) does one Adam step on
+    ``g = dL/dW * W + reg * sigmoid(S) * (1 - sigmoid(S))`` for every weight still kept (``weight_mask`` True).
+
+    Args:
+        lr: Adam step size of the scores.
+        reg: ``lambda`` of the regulariser ``lambda * sum(sigmoid(S))``.
+    """
+
+    BETAS = (0.9, 0.999)
+    EPS = 1e-8
+
+    def __init__(self, lr: float = 0.01, reg: float = 0.0) -> None:
+        for name, v in (("score_lr", lr), ("score_reg", reg)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v != v or v == float("inf"):
+                raise ValueError(f"prune.{name}={v!r} is not allowed; it must be a finite number >= 0")
+        self.lr, self.reg = float(lr), float(reg)
+        self.scores: dict[str, torch.Tensor] = {}
+        self.m: dict[str, torch.Tensor] = {}
+        self.v: dict[str, torch.Tensor] = {}
+        self.t: dict[str, int] = {}
+
+    def accumulate(self, modules: Mapping[str, nn.Module]) -> None:
+        """One Adam step on the scores of each module whose weight has a gradient."""
+        b1, b2 = self.BETAS
+        with torch.no_grad():
+            for name, mod in modules.items():
+                g_w = mod.weight.grad
+                if g_w is None:
+                    continue
+                s = self.scores.get(name)
+                if s is None or s.shape != mod.weight.shape or s.device != mod.weight.device:
+                    s = self.scores[name] = torch.zeros_like(mod.weight, dtype=torch.float32)
+                    self.m[name], self.v[name], self.t[name] = torch.zeros_like(s), torch.zeros_like(s), 0
+                sig = torch.sigmoid(s)
+                g = g_w.float() * mod.weight.float() + self.reg * sig * (1.0 - sig)
+                keep = getattr(mod, "weight_mask", None)
+                if keep is not None:
+                    g = g * keep
+                self.t[name] += 1
+                t = self.t[name]
+                m, v = self.m[name], self.v[name]
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                step = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + self.EPS)
+                s.sub_(self.lr * step if keep is None else self.lr * step * keep)
+
+    def score(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        s = self.scores.get(name)
+        return torch.zeros_like(weight, dtype=torch.float32) if s is None else s.to(weight.device)
+
+    def state_dict(self) -> dict:
+        return {"scores": {k: v.detach().cpu().clone() for k, v in self.scores.items()},
+                "m": {k: v.detach().cpu().clone() for k, v in self.m.items()},
+                "v": {k: v.detach().cpu().clone() for k, v in self.v.items()},
+                "t": dict(self.t), "lr": self.lr, "reg": self.reg}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.scores = {k: v.detach().clone().float() for k, v in state["scores"].items()}
+        self.m = {k: v.detach().clone().float() for k, v in state["m"].items()}
+        self.v = {k: v.detach().clone().float() for k, v in state["v"].items()}
+        self.t = {k: int(v) for k, v in state["t"].items()}
