@@ -53,9 +53,42 @@ def check_prune(prune: dict[str, Any]) -> None:
         raise ConfigError(f"prune.unit=step needs whole numbers for start/end/every; got {start}, {end}, {every}")
     if prune.get("scope") not in PRUNE_SCOPES:
         raise ConfigError(f"prune.scope={prune.get('scope')!r} is not allowed; allowed: {', '.join(PRUNE_SCOPES)}")
+    check_prune_extras(prune)
     if method == "none" and final != 0.0:
         raise ConfigError(f"prune=none is the dense baseline, so prune.final={prune['final']!r} is not allowed "
                           f"(use prune=agp or prune=magnitude to prune)")
+
+
+def check_prune_extras(prune: dict[str, Any]) -> None:
+    """``score``, ``block`` / ``n_m`` (and ``final`` within what N:M allows), ``targets`` (readable, values in
+    [0, 1), layer-wise scope), ``score_lr`` / ``score_reg``."""
+    from spruce.prune.scores import SCORES, SoftMovementScores
+    from spruce.prune.structure import Structure
+    from spruce.prune.targets import load_targets
+    score = prune.get("score", "magnitude")
+    if score not in SCORES:
+        raise ConfigError(f"prune.score={score!r} is not allowed; allowed: {', '.join(SCORES)}")
+    try:
+        block, n_m = prune.get("block"), prune.get("n_m")
+        structure = Structure(block=tuple(block) if isinstance(block, list) else block,
+                              n_m=tuple(n_m) if isinstance(n_m, list) else n_m)
+        structure.check_sparsity(float(prune.get("final", 0.0)), "prune.final")
+        if not structure.unstructured and prune.get("scope") == "global":
+            raise ValueError(f"prune.scope=global with prune.{'block' if structure.block else 'n_m'} is not "
+                             f"supported; use prune.scope=layerwise")
+        SoftMovementScores(prune.get("score_lr", 0.01), prune.get("score_reg", 0.0))
+        targets = prune.get("targets")
+        if targets == "speed":
+            raise ValueError("prune.targets=speed is resolved by train.py from the performance model "
+                             "(spruce.study.guided.speed_targets_file); library callers pass a file or mapping")
+        loaded = load_targets(targets)
+        if loaded is not None:
+            if prune.get("scope") != "layerwise":
+                raise ValueError("prune.targets (per-layer sparsities) needs prune.scope=layerwise")
+            for key, v in loaded.items():
+                structure.check_sparsity(v, f"prune.targets[{key!r}]")
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
 
 
 def check_checkpoint(path: str, model_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,15 @@ def run_name(cfg: dict[str, Any], init: str) -> str:
     model = cfg["model"]["name"] + ("-random-init" if init == "random-init" else "")
     prune = cfg["prune"]
     tag = "dense" if prune["method"] == "none" else f"{prune['method']}{prune['final']}"
+    if prune["method"] != "none":
+        if prune.get("score", "magnitude") != "magnitude":
+            tag += f"-{prune['score']}"
+        if prune.get("block"):
+            tag += f"-block{prune['block'][0]}x{prune['block'][1]}"
+        if prune.get("n_m"):
+            tag += f"-{prune['n_m'][0]}of{prune['n_m'][1]}"
+        if prune.get("targets") is not None:
+            tag += "-targets"
     return f"{model}-{cfg['data']['name']}-{tag}"
 
 
@@ -33,7 +42,9 @@ def build_pruning_callback(prune: dict[str, Any], family: str) -> Any:
                            start=conv(prune["start"]), end=conv(prune["end"]), every=conv(prune["every"]),
                            unit=prune["unit"], iterations=int(prune.get("iterations", 5)), scope=prune["scope"],
                            score=prune.get("score", "magnitude"), layers=prune.get("layers"), family=family,
-                           prune_classifier=bool(prune.get("prune_classifier", True)))
+                           prune_classifier=bool(prune.get("prune_classifier", True)), block=prune.get("block"),
+                           n_m=prune.get("n_m"), targets=prune.get("targets"),
+                           score_lr=float(prune.get("score_lr", 0.01)), score_reg=float(prune.get("score_reg", 0.0)))
 
 
 def build_logger(cfg: dict[str, Any], run_dir: Path, name: str) -> Any:

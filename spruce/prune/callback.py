@@ -19,7 +19,7 @@ the LightningModule itself when it has no such attribute.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -31,10 +31,19 @@ from spruce.prune.pruner import SCOPES, MagnitudePruner
 from spruce.prune.schedule import agp_sparsity, check_agp_args, iterative_prune_steps, iterative_sparsity, \
     oneshot_sparsity
 from spruce.prune.scores import SCORES
+from spruce.prune.structure import Structure
+from spruce.prune.targets import load_targets, resolve_targets
 
 METHODS = ("agp", "oneshot", "iterative")
 UNITS = ("step", "epoch")
 STATE_VERSION = 1
+
+
+def _as_tuple(value: Any) -> Any:
+    """A list/ListConfig as a tuple (``Structure`` validates it); anything else unchanged."""
+    if value is None or isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+        return value
+    return tuple(value)
 
 
 def _number(name: str, value: Any, integer: bool) -> None:
@@ -58,7 +67,12 @@ class PruningCallback(pl.Callback):
             ``ceil(trainer.num_training_batches / accumulate_grad_batches)`` optimizer steps per epoch).
         iterations: rounds of ``"iterative"``.
         scope: ``"layerwise"`` or ``"global"``.
-        score: ``"magnitude"`` or ``"movement"`` (Sanh et al. 2020, hard top-k, monotone masks).
+        score: ``"magnitude"``, ``"movement"`` (Sanh et al. 2020, hard: accumulated ``-w * grad``) or
+            ``"soft_movement"`` (learned scores, straight-through top-k, regulariser ``score_reg``; ``score_lr``).
+        block: ``[rows, cols]`` blocks of the (im2col-flattened) weight, e.g. ``[4, 1]`` or ``[16, 16]``; or
+        n_m: ``[n, m]``: at most ``m - n`` pruned of every ``m`` consecutive inputs (``final <= 1 - n/m``).
+        targets: per-layer final sparsities, a JSON/YAML file or a mapping ``{fqn or pattern: sparsity}``
+            (``spruce.prune.targets``); each layer follows the schedule to its own final, others to ``final``.
         layers: fqn or patterns (``fnmatch``, or ``"re:<regex>"``) of the layers to prune; ``None``: the
             ``family``'s default layers (``spruce.prune.default_prunable``).
         family: ``"vgg"`` or ``"bert"``; ``None``: inferred from the model when ``layers`` is ``None``.
@@ -69,7 +83,10 @@ class PruningCallback(pl.Callback):
     def __init__(self, method: str = "agp", initial: float = 0.0, final: float = 0.9, start: float = 0,
                  end: float = 1000, every: float = 1, unit: str = "step", iterations: int = 5,
                  scope: str = "layerwise", score: str = "magnitude", layers: Sequence[str] | None = None,
-                 family: str | None = None, prune_classifier: bool = True, module_attr: str | None = "model") -> None:
+                 family: str | None = None, prune_classifier: bool = True, module_attr: str | None = "model",
+                 block: Sequence[int] | None = None, n_m: Sequence[int] | None = None,
+                 targets: str | Mapping[str, float] | None = None, score_lr: float = 0.01,
+                 score_reg: float = 0.0) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"prune method={method!r} is not allowed; allowed: {', '.join(METHODS)}")
@@ -96,7 +113,17 @@ class PruningCallback(pl.Callback):
         self.method, self.initial, self.final = method, float(initial), float(final)
         self.start, self.end, self.every, self.unit, self.iterations = start, end, every, unit, iterations
         self.layers, self.family, self.prune_classifier, self.module_attr = layers, family, prune_classifier, module_attr
-        self.pruner = MagnitudePruner(scope=scope, score=score)
+        structure = Structure(block=_as_tuple(block), n_m=_as_tuple(n_m))
+        structure.check_sparsity(self.final, "prune.final")
+        self.targets = load_targets(targets)
+        if self.targets is not None:
+            if scope != "layerwise":
+                raise ValueError("prune.targets (per-layer sparsities) needs prune.scope=layerwise")
+            for key, v in self.targets.items():
+                structure.check_sparsity(v, f"prune.targets[{key!r}]")
+        self.layer_finals: dict[str, float] | None = None  # resolved in setup
+        self.pruner = MagnitudePruner(scope=scope, score=score, structure=structure, score_lr=score_lr,
+                                      score_reg=score_reg)
         self.steps: dict[str, int] | None = None  # the schedule in optimizer steps, set in on_train_start
         self.last_step = -1  # global step of the last schedule evaluation that changed the masks
         self._sparsity: dict[str, float] = {}
@@ -145,12 +172,30 @@ class PruningCallback(pl.Callback):
             return oneshot_sparsity(step, self.final, s["start"])
         return iterative_sparsity(step, self.final, s["start"], s["end"], self.iterations)
 
+    def layer_targets_at(self, step: int) -> float | dict[str, float]:
+        """The schedule's target after ``step`` steps: one number, or ``{fqn: sparsity}`` with per-layer targets
+        (each layer follows the same schedule to its own final; ``initial`` is capped at that final)."""
+        if self.layer_finals is None:
+            return self.target_at(step)
+        s = self.steps
+        if s is None:
+            raise ValueError("the schedule is not resolved yet; it is set in on_train_start")
+        out = {}
+        for name, final in self.layer_finals.items():
+            if self.method == "agp":
+                out[name] = agp_sparsity(step, min(self.initial, final), final, s["start"], s["end"], s["every"])
+            elif self.method == "oneshot":
+                out[name] = oneshot_sparsity(step, final, s["start"])
+            else:
+                out[name] = iterative_sparsity(step, final, s["start"], s["end"], self.iterations)
+        return out
+
     def sparsity(self) -> dict[str, float]:
         """Achieved sparsity ``{fqn: fraction of zeros, ..., "overall": float}`` of the pruned layers."""
         return self.pruner.sparsity()
 
     def _maybe_prune(self, step: int) -> None:
-        target = self.target_at(step)
+        target = self.layer_targets_at(step)
         if target != self.pruner.target:
             self._sparsity = self.pruner.step(target)
             self.last_step = step
@@ -169,7 +214,10 @@ class PruningCallback(pl.Callback):
             raise ValueError(f"{type(pl_module).__name__} has no nn.Linear/nn.Conv2d when callbacks are set up; "
                              f"build the model in LightningModule.__init__ (callbacks' setup runs before "
                              f"LightningModule.setup/configure_model, and masks must exist before a restore)")
-        self.pruner.prepare(model, self.resolve_layers(model))
+        layers = self.resolve_layers(model)
+        if self.targets is not None:
+            self.layer_finals = resolve_targets(self.targets, layers, self.final)
+        self.pruner.prepare(model, layers)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.steps = self.schedule_steps(trainer)
@@ -185,7 +233,7 @@ class PruningCallback(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._maybe_prune(trainer.global_step)
-        pl_module.log("prune/target", self.pruner.target, on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log("prune/target", self.target_at(trainer.global_step), on_step=True, on_epoch=False, batch_size=1)
         pl_module.log("sparsity/overall", self._sparsity["overall"], on_step=True, on_epoch=False,
                       prog_bar=True, batch_size=1)
         pl_module.log_dict({f"sparsity/{k}": v for k, v in self._sparsity.items() if k != "overall"},
