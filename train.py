@@ -1,5 +1,9 @@
 """Train and prune a model: ``python train.py [model=vgg16] [data=digits] [prune=agp] [prune.final=0.9] ...``
 
+``mode=sensitivity ckpt_path=<.ckpt>`` runs the per-layer sensitivity analysis instead
+(``spruce.models.sensitivity_job``); ``prune.targets=speed`` first derives per-layer targets from the performance
+model (``spruce.study.guided``).
+
 A thin Hydra wrapper over ``spruce.models.train_job.train``. Configuration errors print one ``error: ...`` line,
 exit with status 1 and leave no run directory behind.
 """
@@ -32,6 +36,15 @@ def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
+        mode = plain.get("mode", "train")
+        if mode == "sensitivity":
+            from spruce.models.sensitivity_job import run_sensitivity
+            return run_sensitivity(plain, run_dir)
+        if mode != "train":
+            raise ValueError(f"mode={mode!r} is not allowed; allowed: train, sensitivity")
+        if plain["prune"].get("targets") == "speed":  # per-layer targets from the performance model
+            from spruce.study.guided import speed_targets_file
+            plain["prune"]["targets"] = str(speed_targets_file(plain, run_dir))
         from spruce.models.train_job import train
         return train(plain, run_dir)
     except ValueError as e:  # ConfigError and the library's one-line ValueErrors

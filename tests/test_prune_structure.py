@@ -247,3 +247,69 @@ def test_block_pruned_layers_pack_and_plan_on_bsr_kernels():
                     progress=False, budget_s=0.2)
     assert set(the_plan.layers) == {"0", "3"}
     assert all(e["kernel"] in ("torch_bsr4", "torch_csr") for e in the_plan.layers.values())
+
+
+# ---- sensitivity ----------------------------------------------------------------------------------------------
+def test_sensitivity_one_layer_at_a_time_restores_and_writes_files(tmp_path):
+    from spruce.prune.sensitivity import sensitivity, write_sensitivity
+
+    torch.manual_seed(0)
+    net = Net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(4, 8, 4, 4)
+    ref = net(x).detach()
+    seen = []
+
+    def evaluate(model):  # "accuracy": 1 - relative output error; only the conv matters, so fc/odd drop 0
+        seen.append({n: float((getattr(model, n).weight == 0).float().mean()) for n in ("conv", "fc")})
+        with torch.no_grad():
+            return 1.0 - float((model(x) - ref).norm() / ref.norm())
+
+    res = sensitivity(net, evaluate, ["conv", "fc"], [0.5, 0.9], Structure(block=(4, 1)))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # weights restored bit for bit
+    assert [(r["layer"], r["sparsity"]) for r in res["rows"]] == [("conv", 0.5), ("conv", 0.9), ("fc", 0.5),
+                                                                  ("fc", 0.9)]
+    assert seen[1] == {"conv": 0.5, "fc": 0.0} and seen[4] == {"conv": 0.0, "fc": 461 / 512}  # one at a time
+    # (fc: 8 x 64 tiles of 4x1, round(0.9 * 512) = 461 pruned)
+    assert res["rows"][0]["drop"] > 0 and res["rows"][3]["drop"] == 0
+    files = write_sensitivity(res, tmp_path, tolerance=1e-9, title="tiny")
+    assert {p.name for p in files.values()} == {"sensitivity.csv", "sensitivity.md", "sensitivity.png",
+                                               "targets.json"}
+    tg = load_targets(str(files["targets"]))
+    assert tg == {"conv": 0.0, "fc": 0.9}
+    assert "| conv |" in files["md"].read_text() and files["png"].stat().st_size > 1000
+
+
+def test_train_block_targets_resume_and_sensitivity_cli_job(tmp_path):
+    """Real train job (tiny VGG): 4x1 blocks + a per-layer target, resume keeps block masks, then the
+    mode=sensitivity job on the checkpoint writes its files and a target file train accepts."""
+    pytest.importorskip("lightning")
+    from spruce.models.sensitivity_job import run_sensitivity
+    from spruce.models.train_job import train
+    from tests.test_train import TINY_VGG, make_cfg
+
+    targets = tmp_path / "t.json"
+    targets.write_text(json.dumps({"features.3": 0.5}))
+    over = [*TINY_VGG, "logger=none", "trainer.max_epochs=1", "prune.block=[4,1]", f"prune.targets={targets}"]
+    s1 = train(make_cfg(*over), tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    sd = state["state_dict"]
+    masks = {k[6:-12]: v for k, v in sd.items() if k.endswith(".weight_mask")}
+    for fqn, mask in masks.items():
+        assert check_structure(mask, Structure(block=(4, 1))) is None, fqn
+        want = 0.5 if fqn == "features.3" else 0.9
+        rows, k = flat_2d(mask).shape
+        if rows % 4 == 0:  # exact to one 4x1 tile
+            tiles = rows // 4 * k
+            assert s1["sparsity"][fqn] == round(want * tiles) / tiles, fqn
+    s2 = train(make_cfg(*over, "trainer.max_epochs=2", f"ckpt_path={ckpt}"), tmp_path / "run2")
+    assert s2["sparsity"] == s1["sparsity"]
+    with pytest.raises(ValueError, match="block4x1"):
+        train(make_cfg(*TINY_VGG, "logger=none", "trainer.max_epochs=2", f"ckpt_path={ckpt}",
+                       f"prune.targets={targets}"), tmp_path / "run3")
+    out = run_sensitivity(make_cfg(*TINY_VGG, "mode=sensitivity", f"ckpt_path={ckpt}", "sensitivity.sparsities=[0.5]",
+                                   "sensitivity.limit_batches=1", "sensitivity.verbose=false",
+                                   "prune.layers=[features.3,classifier.*]"), tmp_path / "sens")
+    assert set(out["targets"]) >= {"features.3"} and (tmp_path / "sens" / "sensitivity.png").is_file()
+    assert load_targets(out["files"]["targets"])
