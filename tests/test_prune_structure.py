@@ -313,3 +313,19 @@ def test_train_block_targets_resume_and_sensitivity_cli_job(tmp_path):
                                    "prune.layers=[features.3,classifier.*]"), tmp_path / "sens")
     assert set(out["targets"]) >= {"features.3"} and (tmp_path / "sens" / "sensitivity.png").is_file()
     assert load_targets(out["files"]["targets"])
+
+
+def test_speed_targets_from_a_performance_model():
+    from spruce.kernels import get as get_kernel
+    from spruce.perf import MachineProfile
+    from spruce.study.guided import speed_targets
+
+    prof = MachineProfile(name="toy", peak_gflops=50.0, bw_gbs=10.0, cache_bytes=1e6, threads=1,
+                          sparse_eff={"torch_csr": 0.05}, overhead_us={"default": 5.0, "torch_csr": 5.0})
+    model = nn.Sequential(nn.Conv2d(8, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 8 * 8, 256))
+    out = speed_targets(model.eval(), torch.randn(1, 8, 8, 8), ["0", "3"], 0.8, prof, [get_kernel("torch_csr")])
+    sizes = {"0": 64 * 72, "3": 256 * 4096}
+    assert sum(out["targets"][n] * sizes[n] for n in sizes) / sum(sizes.values()) == pytest.approx(0.8, abs=1e-6)
+    for n, c in out["crossovers"].items():
+        if out["targets"][n] > 0:
+            assert c["crossover"] is not None and out["targets"][n] >= c["crossover"] + 0.05 - 1e-9
