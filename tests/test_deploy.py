@@ -431,3 +431,33 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, ca
     assert compile_model(m, None, mode="off")[0] is m
     with pytest.raises(ValueError, match="compile="):
         compile_model(m, None, mode="yes")
+
+
+def test_faster_than_dense_swaps_and_restores() -> None:
+    from spruce.deploy.runtime import faster_than_dense, swap_modules
+    m = tiny_cnn()
+    x = torch.randn(1, 3, 8, 8)
+    originals: dict = {}
+    convert_(m, _fused_plan(m, x, "spruce_csr"), originals=originals)
+    assert set(originals) == {"0", "1", "2", "3", "5", "6", "8", "9", "10"}
+    ok, conv, dense = faster_than_dense(m, originals, x, rounds=1, runs=1, margin=10.0)
+    assert ok and conv > 0 and dense > 0 and isinstance(m[0], SparseConv2d)  # left converted
+    swap_modules(m, originals)
+    assert isinstance(m[0], nn.Conv2d) and isinstance(m[1], nn.ReLU)
+
+
+def test_bench_auto_keeps_dense_when_converted_model_is_slower(monkeypatch, tmp_path) -> None:
+    import spruce.deploy.pipeline as pipe
+    from tests.test_bench import TINY_VGG, cfg_of
+    import importlib
+    plan_mod = importlib.import_module("spruce.deploy.plan")  # the module (spruce.deploy.plan is also a function)
+    real = plan_mod.plan_layer
+
+    def all_sparse(name, layer, x, candidates, mode, *a, **k):  # plan as deploy=sparse would
+        return real(name, layer, x, candidates, "sparse", *a, **k)
+    monkeypatch.setattr(plan_mod, "plan_layer", all_sparse)
+    monkeypatch.setattr(pipe, "faster_than_dense", lambda *a, **k: (False, 2.0, 1.0))
+    out = pipe.bench(cfg_of(TINY_VGG + ["deploy=auto", "logger.wandb=false", "kernels=spruce_csr",
+                                        "plan_budget_s=0.01"], tmp_path))
+    assert out["layers_sparse"] == 0 and out["pruned_memory_ratio"] == 1.0 and out["fusions"] == 0
+    assert any("slower than dense" in n for n in out["notes"])

@@ -31,8 +31,8 @@ from spruce.deploy.plan import DENSE, Plan, plan
 from spruce.deploy.plan_check import check_plan
 from spruce.deploy.report import (LAYER_KEYS, ROW_KEYS, layer_rows, markdown_table, plot_layers, plot_sweep,
                                   read_rows, rows_csv, run_summary)
-from spruce.deploy.runtime import (convert_, layer_weight_bytes, measure, reference_outputs, verify_against,
-                                   weight_bytes_by_format)
+from spruce.deploy.runtime import (convert_, faster_than_dense, layer_weight_bytes, measure, reference_outputs,
+                                   swap_modules, verify_against, weight_bytes_by_format)
 
 
 def _note(msg: str) -> None:
@@ -210,9 +210,25 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
     # peers get the pruned model as ONNX (plain dense layers holding the zeros), exported before conversion
     peer_tmp = tempfile.TemporaryDirectory(prefix="spruce-peers-") if c.peers else None
     peer_job = prepare_peers(model, inputs, peer_tmp.name) if peer_tmp is not None else None
-    conv_ms = convert_(model, the_plan, c.device)
+    originals: dict[str, nn.Module] = {}
+    conv_ms = convert_(model, the_plan, c.device, originals=originals if c.deploy == "auto" else None)
     if conv_ms:
         verify_against(ref, model, inputs, c.rtol, c.atol)
+    # a plan made here with deploy=auto is never slower than dense end to end (per-layer wins can add up to a loss);
+    # a reused plan (plan=...) is deployed as given
+    if conv_ms and c.deploy == "auto" and not c.plan:
+        ok, conv_best, dense_best = faster_than_dense(model, originals, inputs, device=c.device)
+        if not ok:
+            swap_modules(model, originals)
+            for e in the_plan.layers.values():
+                if e["kernel"] != DENSE:
+                    e.update(kernel=DENSE, format="dense", weight_bytes=e.get("dense_bytes"),
+                             measured_ms=e.get("dense_ms"), reverted="converted model slower end to end")
+                    e.pop("fusion", None)
+            notes.append(f"deploy=auto: the converted model ({conv_best:.1f} ms, fastest run) was slower than dense "
+                         f"({dense_best:.1f} ms) end to end: kept dense")
+            conv_ms = {}
+    originals.clear()  # the dense weights of converted layers are freed here
     # compiled (inductor) when it works and, with compile=auto, beats eager; its first call reported apart
     # (deploy=dense is the PyTorch eager baseline: never compiled)
     runner, cinfo = compile_model(model, inputs, c.compile if c.device == "cpu" and c.deploy != "dense" else "off",

@@ -32,13 +32,15 @@ def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def convert_(model: nn.Module, plan: Plan, device: str | None = None) -> dict[str, float]:
+def convert_(model: nn.Module, plan: Plan, device: str | None = None,
+             originals: dict[str, nn.Module] | None = None) -> dict[str, float]:
     """Swap every planned layer whose kernel is not ``"dense"`` for a Sparse module, in place.
 
     A layer whose entry records a ``fusion`` gets the activation as its kernel's epilogue, and the activation
     module (``fusion["module"]``) becomes ``nn.Identity``. Returns ``{fqn: conversion ms}`` (the ``prepare`` time
     of each swapped layer). ValueError when the plan names a layer that is missing or of another kind, an unknown
-    kernel, a kernel unavailable here, or a fused activation the model does not have.
+    kernel, a kernel unavailable here, or a fused activation the model does not have. ``originals``: when given, it
+    receives every replaced module ``{fqn: original}`` (layers and fused activations), for :func:`swap_modules`.
     """
     import time
     mods = dict(model.named_modules())
@@ -73,10 +75,41 @@ def convert_(model: nn.Module, plan: Plan, device: str | None = None) -> dict[st
         else:
             raise ValueError(f"plan layer {fqn!r} is a {type(layer).__name__}; only Linear and Conv2d convert")
         times[fqn] = (time.perf_counter() - t0) * 1e3
+        if originals is not None:
+            originals[fqn] = layer
+            if fusion:
+                originals[fusion["module"]] = model.get_submodule(fusion["module"])
         if fusion:
             apply_fusion(model, fqn, fusion)
         _set_module(model, fqn, new)
     return times
+
+
+def swap_modules(model: nn.Module, modules: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """Put ``modules`` (``{fqn: module}``) in place; returns the ones they replaced (swap back with the result)."""
+    old = {fqn: model.get_submodule(fqn) for fqn in modules}
+    for fqn, m in modules.items():
+        _set_module(model, fqn, m)
+    return old
+
+
+def faster_than_dense(model: nn.Module, originals: dict[str, nn.Module], inputs: object, rounds: int = 3,
+                      runs: int = 3, margin: float = 0.03, device: str = "cpu") -> tuple[bool, float, float]:
+    """Whether the converted ``model`` beats the dense one end to end: ``(ok, converted ms, dense ms)``.
+
+    The two are timed interleaved (``rounds`` x ``runs`` each, swapping the original modules in and out), and
+    compared by their fastest run, so a minutes-long drift or a busy neighbour hits both alike. ``ok`` when the
+    converted model is no more than ``margin`` slower. The model is left converted."""
+    conv, dense = [], []
+    for _ in range(rounds):
+        conv += time_ms(lambda: run_model(model, inputs), repeats=runs, warmup=1, device=device)
+        converted = swap_modules(model, originals)
+        try:
+            dense += time_ms(lambda: run_model(model, inputs), repeats=runs, warmup=1, device=device)
+        finally:
+            swap_modules(model, converted)
+    c, d = min(conv), min(dense)
+    return c <= d * (1.0 + margin), c, d
 
 
 def _layer_outputs(model: nn.Module, inputs: object, names: list[str]) -> tuple[object, dict[str, torch.Tensor],
