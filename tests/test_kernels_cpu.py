@@ -381,5 +381,7 @@ def test_isa_switch_names_the_path_and_refuses_bad_values(monkeypatch):
         monkeypatch.setenv(build.ENV, "avx512")
         assert "lacks" in build.availability()[1]
     monkeypatch.delenv(build.ENV)
+    assert build.isa() == build.preferred_isas()[0]
+    assert sorted(build.preferred_isas()) == sorted(build.cpu_isas())
     with pytest.raises(ValueError, match="unknown instruction set"):
         build.load().cpu_has_isa("sse9")

@@ -7,9 +7,11 @@ never executes an instruction the CPU lacks. It is cached in ``$TORCH_EXTENSIONS
 ``~/.cache/spruce/torch_extensions/spruce_cpu`` (torch rebuilds it only when a source changes). An ``flock``
 serialises builds of parallel processes; the lock dies with its process, so a killed build never blocks the next.
 
-Instruction set: ``isa()`` returns the best one the CPU has (``avx512`` > ``avx2``), or the one forced by
-``$SPRUCE_ISA`` (``avx512``, ``avx2``, or ``none`` to disable the extension, leaving PyTorch's kernels); forcing
-a set the CPU lacks makes the kernels unavailable with that reason, never an illegal instruction.
+Instruction set: ``isa()`` returns the preferred one the CPU has, or the one forced by ``$SPRUCE_ISA`` (``avx512``, ``avx2``, or ``none`` to disable the extension, leaving PyTorch's kernels); forcing
+a set the CPU lacks makes the kernels unavailable with that reason, never an illegal instruction. Preferred:
+``avx512`` > ``avx2``, except on AMD family 19h (Zen 3/4), whose 512-bit operations run as two 256-bit halves:
+there the AVX2 kernels were as fast or faster on 40 of 51 kernel-goal rows measured side by side
+(``docs/measured/kernels-2026-12-04/``), so ``avx2`` is preferred and ``SPRUCE_ISA=avx512`` still selects it.
 """
 from __future__ import annotations
 
@@ -77,6 +79,26 @@ def cpu_isas() -> tuple[str, ...]:
     return tuple(have)
 
 
+@functools.cache
+def preferred_isas() -> tuple[str, ...]:
+    """``cpu_isas()`` in the order ``isa()`` picks from (see the module docstring)."""
+    have = cpu_isas()
+    vendor = family = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+            elif line.startswith("cpu family"):
+                family = line.split(":", 1)[1].strip()
+            if vendor and family:
+                break
+    except OSError:
+        pass
+    if vendor == "AuthenticAMD" and family == "25":
+        return tuple(sorted(have, key=lambda i: i != "avx2"))
+    return have
+
+
 def isa() -> str:
     """The instruction set the kernels run with now: ``$SPRUCE_ISA`` if set (validated), else the best the CPU
     has. Raises ``RuntimeError`` naming the reason when there is none to use."""
@@ -86,7 +108,7 @@ def isa() -> str:
         if not have:
             raise RuntimeError("this CPU has neither AVX-512 nor AVX2 + FMA; the spruce_cpu kernels need one "
                                "(PyTorch's kernels remain)")
-        return have[0]
+        return preferred_isas()[0]
     if forced == "none":
         raise RuntimeError(f"{ENV}=none: the spruce_cpu kernels are disabled (PyTorch's kernels remain)")
     if forced not in ISAS:

@@ -6,7 +6,7 @@
 // | buffer | type | shape | layout / invariant |
 // |---|---|---|---|
 // | w.rp, w.cols, w.v | int32, int32/uint16, float32 | [m+1], [nnz], [nnz] | CSR, columns < k |
-// | panel (linear) | float32 | [k, NT] | x[p0:p0+NT, :]^T, each thread transposes a slice of K, shared (L2-sized) |
+// | panel (linear) | float32 | [k, NT] | x[p0:p0+NT, :]^T, per thread (L2-sized) |
 // | panel (matmul) | float32 | [k, NT] | X[:, p0:p0+NT] copied when X is wider than one panel (per thread) |
 // | stage (linear) | float32 | [W, NT] | W output rows of one panel, transposed to y in 8 x 8 tiles |
 #pragma once
@@ -168,14 +168,14 @@ void csr_spmm_impl(const Csr& w, const I* ci, const float* X, int64_t n, const E
       r0 = balanced_start(w.rp, m, tid, nt, 8);
       r1 = balanced_start(w.rp, m, tid + 1, nt, 8);
     }
-    std::vector<float> buf(pack_x && c1 > c0 && r1 > r0 ? static_cast<size_t>(k * NT) : 0);
+    float* buf = pack_x && c1 > c0 && r1 > r0 ? scratch(static_cast<size_t>(k * NT), 0) : nullptr;
     for (int64_t p0 = c0; p0 < c1; p0 += NT) {
       const int64_t pw = std::min(c1, p0 + NT) - p0;
       const float* xp = X + p0;
       int64_t ld = n;
       if (pack_x && r1 > r0) {
-        for (int64_t kk = 0; kk < k; ++kk) std::memcpy(buf.data() + kk * pw, X + kk * n + p0, 4 * pw);
-        xp = buf.data();
+        for (int64_t kk = 0; kk < k; ++kk) std::memcpy(buf + kk * pw, X + kk * n + p0, 4 * pw);
+        xp = buf;
         ld = pw;
       }
       for (int64_t i = r0; i < r1; ++i) {
@@ -189,40 +189,49 @@ void csr_spmm_impl(const Csr& w, const I* ci, const float* X, int64_t n, const E
 }
 
 // y[b, m] = act(x[b, k] @ W^T + bias), x and y row-major as nn.Linear holds them. Per panel of NT rows of x,
-// all threads pack x[p0:p0+NT, :]^T into one shared [k, NT] buffer (each a slice of K, strided vector gathers),
-// then each thread runs the same register-tiled row kernel as csr_spmm over its rows (balanced by nnz) into a
-// [W, NT] staging tile and writes it to y with 8 x 8 register transposes (transpose.h): no transposed scalar
-// stores and no copy of x outside the kernel.
+// a thread transposes x[p0:p0+NT, :] into its own [k, NT] buffer (8 x 8 register transposes, transpose.h), runs
+// the same register-tiled row kernel as csr_spmm over its rows of W into a [W, NT] staging tile, and writes the
+// tile to y transposed the same way: no transposed scalar stores and no copy of x outside the kernel.
+// Threads split the rows of x when each gets at least SPAN of them: a thread then reads only its own x and
+// writes only its own rows of y, with no barrier and no cache line that both cores write. With fewer rows of x
+// they split the rows of W (balanced by nnz) and each transposes the whole, small panel itself: a shared panel
+// written by one core and read by the other cost a coherence miss per line (measured: 1.8x slower at 128x768).
 template <typename I>
 void csr_linear_impl(const Csr& w, const I* ci, const float* x, int64_t nb, const Epilogue& ep, float* y, int T) {
   const int64_t m = w.m, k = w.k;
   constexpr int W = Isa::W;
   if (m == 0 || nb == 0) return;
   if (nb == 1) return spmv(w, ci, x, ep, y, 1, T);
-  const int64_t NT = std::min(panel_width(k), (nb + W - 1) / W * W);
-  std::vector<float> panel(static_cast<size_t>(k * NT));
+  const bool by_cols = T > 1 && nb >= SPAN * T;
 #pragma omp parallel num_threads(T)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t r0 = balanced_start(w.rp, m, tid, nt, 8), r1 = balanced_start(w.rp, m, tid + 1, nt, 8);
-    const int64_t k0 = k * tid / nt, k1 = k * (tid + 1) / nt;
-    std::vector<float> stage(static_cast<size_t>(W * NT));
-    for (int64_t p0 = 0; p0 < nb; p0 += NT) {
-      const int64_t pw = std::min(NT, nb - p0);
-      transpose_block(x + p0 * k + k0, k, pw, k1 - k0, panel.data() + k0 * pw, pw);
-#pragma omp barrier
+    int64_t b0 = 0, b1 = nb, r0 = 0, r1 = m;
+    if (by_cols) {
+      const int64_t units = nb / 16;  // 16-row units, the remainder goes to the last thread
+      b0 = units * tid / nt * 16;
+      b1 = tid + 1 == nt ? nb : units * (tid + 1) / nt * 16;
+    } else {
+      r0 = balanced_start(w.rp, m, tid, nt, 8);
+      r1 = balanced_start(w.rp, m, tid + 1, nt, 8);
+    }
+    const int64_t NT = std::min(panel_width(k), (b1 - b0 + W - 1) / W * W);
+    float* panel = scratch(static_cast<size_t>(k * NT), 0);
+    float* stage = scratch(static_cast<size_t>(W * NT), 1);
+    for (int64_t p0 = b0; p0 < b1 && r1 > r0; p0 += NT) {
+      const int64_t pw = std::min(NT, b1 - p0);
+      transpose_block(x + p0 * k, k, pw, k, panel, pw);
       for (int64_t i0 = r0; i0 < r1; i0 += W) {
         const int rows = static_cast<int>(std::min<int64_t>(W, r1 - i0));
         for (int r = 0; r < rows; ++r) {
           const int64_t i = i0 + r;
           const float b = ep.bias ? ep.bias[i] : 0.f;
           for (int64_t n0 = 0; n0 < pw; n0 += SPAN)
-            row_span(w.v, ci, w.rp[i], w.rp[i + 1], panel.data() + n0, pw,
-                     static_cast<int>(std::min<int64_t>(SPAN, pw - n0)), b, ep.act, stage.data() + r * NT + n0);
+            row_span(w.v, ci, w.rp[i], w.rp[i + 1], panel + n0, pw,
+                     static_cast<int>(std::min<int64_t>(SPAN, pw - n0)), b, ep.act, stage + r * NT + n0);
         }
-        transpose_block(stage.data(), NT, rows, pw, y + p0 * m + i0, m);
+        transpose_block(stage, NT, rows, pw, y + p0 * m + i0, m);
       }
-#pragma omp barrier
     }
   }
 }
