@@ -168,15 +168,15 @@ void csr_spmm_impl(const Csr& w, const I* ci, const float* X, int64_t n, const E
       r0 = balanced_start(w.rp, m, tid, nt, 8);
       r1 = balanced_start(w.rp, m, tid + 1, nt, 8);
     }
-    float* buf = pack_x && c1 > c0 && r1 > r0 ? scratch(static_cast<size_t>(k * NT), 0) : nullptr;
+    float* buf = pack_x && c1 > c0 && r1 > r0 ? scratch(static_cast<size_t>(k * aligned_ld(NT)), 0) : nullptr;
     for (int64_t p0 = c0; p0 < c1; p0 += NT) {
       const int64_t pw = std::min(c1, p0 + NT) - p0;
       const float* xp = X + p0;
       int64_t ld = n;
       if (pack_x && r1 > r0) {
-        for (int64_t kk = 0; kk < k; ++kk) std::memcpy(buf + kk * pw, X + kk * n + p0, 4 * pw);
+        ld = aligned_ld(pw);
+        for (int64_t kk = 0; kk < k; ++kk) std::memcpy(buf + kk * ld, X + kk * n + p0, 4 * pw);
         xp = buf;
-        ld = pw;
       }
       for (int64_t i = r0; i < r1; ++i) {
         const float b = ep.bias ? ep.bias[i] : 0.f;
@@ -215,19 +215,19 @@ void csr_linear_impl(const Csr& w, const I* ci, const float* x, int64_t nb, cons
       r0 = balanced_start(w.rp, m, tid, nt, 8);
       r1 = balanced_start(w.rp, m, tid + 1, nt, 8);
     }
-    const int64_t NT = std::min(panel_width(k), (b1 - b0 + W - 1) / W * W);
+    const int64_t NT = aligned_ld(std::min(panel_width(k), b1 - b0));
     float* panel = scratch(static_cast<size_t>(k * NT), 0);
     float* stage = scratch(static_cast<size_t>(W * NT), 1);
     for (int64_t p0 = b0; p0 < b1 && r1 > r0; p0 += NT) {
-      const int64_t pw = std::min(NT, b1 - p0);
-      transpose_block(x + p0 * k, k, pw, k, panel, pw);
+      const int64_t pw = std::min(NT, b1 - p0), ld = aligned_ld(pw);
+      transpose_block(x + p0 * k, k, pw, k, panel, ld);
       for (int64_t i0 = r0; i0 < r1; i0 += W) {
         const int rows = static_cast<int>(std::min<int64_t>(W, r1 - i0));
         for (int r = 0; r < rows; ++r) {
           const int64_t i = i0 + r;
           const float b = ep.bias ? ep.bias[i] : 0.f;
           for (int64_t n0 = 0; n0 < pw; n0 += SPAN)
-            row_span(w.v, ci, w.rp[i], w.rp[i + 1], panel + n0, pw,
+            row_span(w.v, ci, w.rp[i], w.rp[i + 1], panel + n0, ld,
                      static_cast<int>(std::min<int64_t>(SPAN, pw - n0)), b, ep.act, stage + r * NT + n0);
         }
         transpose_block(stage, NT, rows, pw, y + p0 * m + i0, m);

@@ -26,13 +26,23 @@ inline void with_cols(const Csr& w, F&& f) {
 
 // Per-thread scratch that persists across calls (OpenMP threads are pooled): a panel buffer allocated per call
 // was zero-filled and, above glibc's mmap threshold, page-faulted in afresh every time (~0.1 ms at 128 x 768).
-// Grows only; never zero-filled. slot 0: X panel, slot 1: output staging tile.
+// Grows only; never zero-filled; 64-byte aligned, so that a panel row whose length is a multiple of 16 floats
+// starts a cache line and no vector load of it straddles two lines. slot 0: X panel, slot 1: staging tile.
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+
 inline float* scratch(size_t n, int slot) {
-  thread_local std::unique_ptr<float[]> buf[2];
+  thread_local std::unique_ptr<float, AlignedFree> buf[2];
   thread_local size_t cap[2] = {0, 0};
   if (cap[slot] < n) {
-    buf[slot].reset(new float[n]);
+    const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+    buf[slot].reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    if (!buf[slot]) throw std::bad_alloc();
     cap[slot] = n;
   }
   return buf[slot].get();
 }
+
+// A row stride of at least n floats that keeps 64-byte alignment from row to row.
+inline int64_t aligned_ld(int64_t n) { return (n + 15) / 16 * 16; }
