@@ -156,99 +156,48 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
 
 
 # ---- deploy --------------------------------------------------------------------------------------------------
-def bench(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run one bench (see ``conf/bench.yaml``); returns the result row plus the paths written.
-
-    ValueError (one line) on bad options, before anything is written; ``VerificationError`` naming the first
-    mismatching layer when the converted model differs from dense (nothing is timed or written then).
-    """
-    c = from_dict(cfg)
-    if c.mode == "study":
-        raise ValueError("mode=study is the study's (spruce.study.run_study); bench.py dispatches it there")
-    if c.mode == "aggregate":
-        return aggregate(c.extra.get("dir") or c.sweep_dir or c.out_dir)
-    c.threads = resolve_threads(c.threads)
-    torch.set_num_threads(c.threads)
-    torch.manual_seed(c.seed)
-    candidates, notes = resolve_candidates(c.kernels, c.device, c.deploy)
-    for n in notes:
-        _note(n)
-    model, meta, layers, sparsity, init = load_model(c)
-    model.to(c.device)
-    inputs = _inputs(model, c)
-    loader = None
-    if (meta.get("data") or {}).get("name"):
-        loader = eval_loader(meta, c.accuracy_batch_size)
-    elif c.ckpt:
-        notes.append("the checkpoint names no evaluation data set: accuracy not measured")
-
-    t0 = time.perf_counter()
+def _make_plan(c: BenchConfig, model: nn.Module, inputs: Any, candidates: list, layers: list[str] | None,
+               notes: list[str]) -> Plan:
+    """The plan: reused from ``c.plan`` (checked against the model) or made here by timing candidates."""
     if c.plan:
         the_plan = Plan.load(c.plan)
         check_plan(the_plan, model, c.plan)
         notes.append(f"plan reused from {c.plan}")
         _fallback_unavailable(the_plan, c.device, c.deploy, notes)
-    else:
-        predictor = find_predictor(c.device, "true" if (c.shortlist and c.predict == "auto") else c.predict,
-                                   c.threads, c.progress)
-        if c.shortlist and predictor is None:
-            raise ValueError(f"shortlist={c.shortlist} needs the performance model, which exists for device=cpu "
-                             f"only (device={c.device})")
-        the_plan = plan(model, inputs, candidates, objective=c.objective, mode=c.deploy, repeats=c.plan_repeats,
-                        layers=layers, warmup=1, device=c.device, rtol=c.rtol, atol=c.atol,
-                        predictor=predictor, progress=c.progress, budget_s=c.plan_budget_s,
-                        shortlist=c.shortlist, fuse=c.fuse)
-    plan_s = time.perf_counter() - t0
-    planned = list(the_plan.layers)
+        return the_plan
+    predictor = find_predictor(c.device, "true" if (c.shortlist and c.predict == "auto") else c.predict,
+                               c.threads, c.progress)
+    if c.shortlist and predictor is None:
+        raise ValueError(f"shortlist={c.shortlist} needs the performance model, which exists for device=cpu "
+                         f"only (device={c.device})")
+    return plan(model, inputs, candidates, objective=c.objective, mode=c.deploy, repeats=c.plan_repeats,
+                layers=layers, warmup=1, device=c.device, rtol=c.rtol, atol=c.atol, predictor=predictor,
+                progress=c.progress, budget_s=c.plan_budget_s, shortlist=c.shortlist, fuse=c.fuse)
 
-    # dense side: reference outputs, timing, memory, accuracy; then convert in place (frees the dense weights)
-    ref = reference_outputs(model, inputs)
-    dense = measure(model, inputs, repeats=c.repeats, warmup=c.warmup, device=c.device)
-    dense_layer_bytes = layer_weight_bytes(model, planned)
-    dense_weight = sum(weight_bytes_by_format(model).values())
-    dense_acc = accuracy(model, loader, c.accuracy_batches) if loader is not None else None
-    # peers get the pruned model as ONNX (plain dense layers holding the zeros), exported before conversion
-    peer_tmp = tempfile.TemporaryDirectory(prefix="spruce-peers-") if c.peers else None
-    peer_job = prepare_peers(model, inputs, peer_tmp.name) if peer_tmp is not None else None
-    originals: dict[str, nn.Module] = {}
-    conv_ms = convert_(model, the_plan, c.device, originals=originals if c.deploy == "auto" else None)
-    if conv_ms:
-        verify_against(ref, model, inputs, c.rtol, c.atol)
-    # a plan made here with deploy=auto is never slower than dense end to end (per-layer wins can add up to a loss);
-    # a reused plan (plan=...) is deployed as given
-    if conv_ms and c.deploy == "auto" and not c.plan:
-        ok, conv_best, dense_best = faster_than_dense(model, originals, inputs, device=c.device)
-        if not ok:
-            swap_modules(model, originals)
-            for e in the_plan.layers.values():
-                if e["kernel"] != DENSE:
-                    e.update(kernel=DENSE, format="dense", weight_bytes=e.get("dense_bytes"),
-                             measured_ms=e.get("dense_ms"), reverted="converted model slower end to end")
-                    e.pop("fusion", None)
-            notes.append(f"deploy=auto: the converted model ({conv_best:.1f} ms, fastest run) was slower than dense "
-                         f"({dense_best:.1f} ms) end to end: kept dense")
-            conv_ms = {}
-    originals.clear()  # the dense weights of converted layers are freed here
-    # compiled (inductor) when it works and, with compile=auto, beats eager; its first call reported apart
-    # (deploy=dense is the PyTorch eager baseline: never compiled)
-    runner, cinfo = compile_model(model, inputs, c.compile if c.device == "cpu" and c.deploy != "dense" else "off",
-                                  rtol=c.rtol, atol=c.atol, device=c.device)
-    if conv_ms or cinfo["compiled"]:
-        sparse = measure(runner, inputs, repeats=c.repeats, warmup=c.warmup, device=c.device)
-        acc = accuracy(model, loader, c.accuracy_batches) if loader is not None else None  # eager: any batch size
-    else:
-        sparse, acc = dense, dense_acc
-    if c.save:
-        save_artifact(model, the_plan, c.save, model_spec=(meta.get("model") or None),
-                      reference=(inputs, first_tensor(ref[0])))
-        notes.append(f"deployable artefact written to {c.save} (spruce.deploy.load)")
-    peer_rows: list[dict[str, Any]] = []
-    if peer_job is not None:  # after Spruce's timing; each engine in its own process, same input/threads/repeats
-        peer_rows = run_peers(c.peers, peer_job, torch.get_num_threads(), c.repeats, c.warmup, c.rtol, c.atol)
-        peer_tmp.cleanup()
-    del ref
 
-    sp_label = "none" if sparsity is None else f"{float(sparsity):g}"
+def _reverted_if_slower(model: nn.Module, originals: dict[str, nn.Module], inputs: Any, the_plan: Plan,
+                        device: str, notes: list[str]) -> bool:
+    """deploy=auto is never slower than dense end to end (per-layer wins can add up to a loss): when the
+    converted model is, put the original modules back, mark the plan and return True."""
+    ok, conv_best, dense_best = faster_than_dense(model, originals, inputs, device=device)
+    if ok:
+        return False
+    swap_modules(model, originals)
+    for e in the_plan.layers.values():
+        if e["kernel"] != DENSE:
+            e.update(kernel=DENSE, format="dense", weight_bytes=e.get("dense_bytes"),
+                     measured_ms=e.get("dense_ms"), reverted="converted model slower end to end")
+            e.pop("fusion", None)
+    notes.append(f"deploy=auto: the converted model ({conv_best:.1f} ms, fastest run) was slower than dense "
+                 f"({dense_best:.1f} ms) end to end: kept dense")
+    return True
+
+
+def _result_row(c: BenchConfig, meta: dict, init: str, sparsity: float | None, inputs: Any, dense: dict,
+                sparse: dict, dense_weight: int, model: nn.Module, planned: list[str], dense_layer_bytes: int,
+                acc: float | None, dense_acc: float | None, the_plan: Plan, plan_s: float, conv_ms: dict,
+                cinfo: dict, peer_rows: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
+    """The result row of one bench (``result.json``, ``rows.csv``, W&B); appends explanatory notes."""
     row: dict[str, Any] = {
         "model": c.model["name"] if not meta else (meta.get("model") or {}).get("name"), "init": init,
         "deploy": c.deploy, "objective": c.objective, "sparsity": None if sparsity is None else float(sparsity),
@@ -282,6 +231,81 @@ def bench(cfg: dict[str, Any]) -> dict[str, Any]:
         notes.append("peak memory could not be reset between phases: it counts from process start")
     if init.startswith("random"):
         notes.append("random-init weights: latency and memory are real, accuracy is meaningless and not reported")
+    return row
+
+
+def bench(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run one bench (see ``conf/bench.yaml``); returns the result row plus the paths written.
+
+    ValueError (one line) on bad options, before anything is written; ``VerificationError`` naming the first
+    mismatching layer when the converted model differs from dense (nothing is timed or written then).
+    """
+    c = from_dict(cfg)
+    if c.mode == "study":
+        raise ValueError("mode=study is the study's (spruce.study.run_study); bench.py dispatches it there")
+    if c.mode == "aggregate":
+        return aggregate(c.extra.get("dir") or c.sweep_dir or c.out_dir)
+    c.threads = resolve_threads(c.threads)
+    torch.set_num_threads(c.threads)
+    torch.manual_seed(c.seed)
+    candidates, notes = resolve_candidates(c.kernels, c.device, c.deploy)
+    for n in notes:
+        _note(n)
+    model, meta, layers, sparsity, init = load_model(c)
+    model.to(c.device)
+    inputs = _inputs(model, c)
+    loader = None
+    if (meta.get("data") or {}).get("name"):
+        loader = eval_loader(meta, c.accuracy_batch_size)
+    elif c.ckpt:
+        notes.append("the checkpoint names no evaluation data set: accuracy not measured")
+
+    t0 = time.perf_counter()
+    the_plan = _make_plan(c, model, inputs, candidates, layers, notes)
+    plan_s = time.perf_counter() - t0
+    planned = list(the_plan.layers)
+
+    # dense side: reference outputs, timing, memory, accuracy; then convert in place (frees the dense weights)
+    ref = reference_outputs(model, inputs)
+    dense = measure(model, inputs, repeats=c.repeats, warmup=c.warmup, device=c.device)
+    dense_layer_bytes = layer_weight_bytes(model, planned)
+    dense_weight = sum(weight_bytes_by_format(model).values())
+    dense_acc = accuracy(model, loader, c.accuracy_batches) if loader is not None else None
+    # peers get the pruned model as ONNX (plain dense layers holding the zeros), exported before conversion
+    peer_tmp = tempfile.TemporaryDirectory(prefix="spruce-peers-") if c.peers else None
+    peer_job = prepare_peers(model, inputs, peer_tmp.name) if peer_tmp is not None else None
+    originals: dict[str, nn.Module] = {}
+    conv_ms = convert_(model, the_plan, c.device, originals=originals if c.deploy == "auto" else None)
+    if conv_ms:
+        verify_against(ref, model, inputs, c.rtol, c.atol)
+    # a plan made here with deploy=auto is never slower than dense end to end (per-layer wins can add up to a loss);
+    # a reused plan (plan=...) is deployed as given
+    if conv_ms and c.deploy == "auto" and not c.plan and _reverted_if_slower(model, originals, inputs, the_plan,
+                                                                             c.device, notes):
+        conv_ms = {}
+    originals.clear()  # the dense weights of converted layers are freed here
+    # compiled (inductor) when it works and, with compile=auto, beats eager; its first call reported apart
+    # (deploy=dense is the PyTorch eager baseline: never compiled)
+    runner, cinfo = compile_model(model, inputs, c.compile if c.device == "cpu" and c.deploy != "dense" else "off",
+                                  rtol=c.rtol, atol=c.atol, device=c.device)
+    if conv_ms or cinfo["compiled"]:
+        sparse = measure(runner, inputs, repeats=c.repeats, warmup=c.warmup, device=c.device)
+        acc = accuracy(model, loader, c.accuracy_batches) if loader is not None else None  # eager: any batch size
+    else:
+        sparse, acc = dense, dense_acc
+    if c.save:
+        save_artifact(model, the_plan, c.save, model_spec=(meta.get("model") or None),
+                      reference=(inputs, first_tensor(ref[0])))
+        notes.append(f"deployable artefact written to {c.save} (spruce.deploy.load)")
+    peer_rows: list[dict[str, Any]] = []
+    if peer_job is not None:  # after Spruce's timing; each engine in its own process, same input/threads/repeats
+        peer_rows = run_peers(c.peers, peer_job, torch.get_num_threads(), c.repeats, c.warmup, c.rtol, c.atol)
+        peer_tmp.cleanup()
+    del ref
+
+    sp_label = "none" if sparsity is None else f"{float(sparsity):g}"
+    row = _result_row(c, meta, init, sparsity, inputs, dense, sparse, dense_weight, model, planned,
+                      dense_layer_bytes, acc, dense_acc, the_plan, plan_s, conv_ms, cinfo, peer_rows, notes)
     return write_report(c, cfg, row, the_plan, notes, sp_label)
 
 
