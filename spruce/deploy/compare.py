@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from spruce.models.outputs import first_tensor  # noqa: F401 - re-exported: deploy modules use it from here
+
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL = 1e-4
 
@@ -32,23 +34,6 @@ def mismatch(y: torch.Tensor, ref: torch.Tensor, rtol: float = DEFAULT_RTOL,
         return (f"max abs error {worst:.3g} exceeds tolerance (rtol={rtol:g}, atol={atol:g} x max|dense|="
                 f"{scale:.3g}) at {int(bad.sum())} of {bad.numel()} elements")
     return None
-
-
-def first_tensor(out: object) -> torch.Tensor:
-    """The main tensor of a model output: itself, ``logits``/``last_hidden_state``, or the first tensor found."""
-    if isinstance(out, torch.Tensor):
-        return out
-    for key in ("logits", "last_hidden_state"):
-        v = getattr(out, key, None)
-        if isinstance(v, torch.Tensor):
-            return v
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)):
-        for v in out:
-            if isinstance(v, torch.Tensor):
-                return v
-    raise ValueError(f"model output of type {type(out).__name__} holds no tensor to compare")
 
 
 def run_model(model: torch.nn.Module, inputs: object) -> object:

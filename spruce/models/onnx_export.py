@@ -18,23 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from spruce.models.outputs import first_tensor
+
 DEFAULT_OPSET = 14
 
 
 def main_output(out: Any) -> torch.Tensor:
     """The tensor an ONNX export keeps: the output itself, ``logits``/``last_hidden_state``, or the first tensor."""
-    if isinstance(out, torch.Tensor):
-        return out
-    for key in ("logits", "last_hidden_state"):
-        v = getattr(out, key, None)
-        if isinstance(v, torch.Tensor):
-            return v
-    values = list(out.values()) if isinstance(out, dict) else out
-    if isinstance(values, (tuple, list)):
-        for v in values:
-            if isinstance(v, torch.Tensor):
-                return v
-    raise ValueError(f"model output of type {type(out).__name__} holds no tensor to export")
+    return first_tensor(out, "export")
 
 
 class _Positional(nn.Module):
