@@ -106,10 +106,11 @@ inline void conv_strided_row(const float* v, const int32_t* off, int64_t s, int6
 
 // Work items are (image, chunk of output channels, range of output rows): a chunk's packed weights
 // (<= CONV_CHUNK_BYTES) stay in L2 while its rows are walked tile by tile. Within a tile position the input
-// channels are walked in blocks whose input window fits L1 (CONV_L1_BYTES), every channel of the chunk adding
-// its nonzeros of that block to partial sums kept in y: one input cache line then feeds many FMAs instead of
-// being refetched from L2 for every output channel. Items are scheduled dynamically (rows differ in nnz).
-constexpr int64_t CONV_L1_BYTES = 24 * 1024;
+// channels are walked in blocks whose input window takes CONV_WINDOW_BYTES, every channel of the chunk adding
+// its nonzeros of that block to partial sums kept in y: the window stays cached while all channels of the chunk
+// read it, instead of being refetched for every output channel. (96 KiB measured 10-20% faster than an L1-sized
+// 24 KiB, whose many blocks cost more partial-sum passes than its L1 hits saved.) Items are scheduled dynamically.
+constexpr int64_t CONV_WINDOW_BYTES = 96 * 1024;
 
 inline void conv_direct_impl(const Csr& w, const float* xp, const ConvShape& cs, const Epilogue& ep, float* Y,
                              int T) {
@@ -122,10 +123,10 @@ inline void conv_direct_impl(const Csr& w, const float* xp, const ConvShape& cs,
   const int nv0 = static_cast<int>(std::min<int64_t>(CONV_NV, (std::min(cs.wo, seg) + Isa::W - 1) / Isa::W));
   const int64_t rmax = cs.sw == 1 ? conv_rows_max(nv0) : 1;
   const int64_t nblk = (cs.ho + rmax - 1) / rmax, rblk = (cs.ho + nblk - 1) / nblk;
-  // Input-channel blocks: the input window of one tile (rows x touched width) for cb channels fits L1.
+  // Input-channel blocks: the input window of one tile (rows x touched width) for cb channels fits the budget.
   const int64_t win_rows = (rblk - 1) * cs.sh + (cs.kh - 1) * cs.dh + 1;
   const int64_t win_cols = (std::min(cs.wo, seg) - 1) * cs.sw + (cs.kw - 1) * cs.dw + 1;
-  const int64_t cb = cs.sw != 1 ? cs.ci : std::max<int64_t>(1, CONV_L1_BYTES / (4 * win_rows * win_cols));
+  const int64_t cb = cs.sw != 1 ? cs.ci : std::max<int64_t>(1, CONV_WINDOW_BYTES / (4 * win_rows * win_cols));
   const int64_t ncb = (cs.ci + cb - 1) / cb;
   // first[co * (ncb + 1) + q]: the first nonzero of row co in input-channel block q (columns ascend).
   std::vector<int32_t> first(static_cast<size_t>(co_n * (ncb + 1)));
