@@ -381,7 +381,11 @@ def test_isa_switch_names_the_path_and_refuses_bad_values(monkeypatch):
         monkeypatch.setenv(build.ENV, "avx512")
         assert "lacks" in build.availability()[1]
     monkeypatch.delenv(build.ENV)
-    assert build.isa() == build.preferred_isas()[0]
-    assert sorted(build.preferred_isas()) == sorted(build.cpu_isas())
+    for family in build.FAMILIES:
+        assert build.isa(family) == build.preferred_isas(family)[0]
+        assert sorted(build.preferred_isas(family)) == sorted(build.cpu_isas())
+    assert build.availability()[1].startswith(f"isa: {build.isa()}")
+    with pytest.raises(ValueError, match="unknown kernel family"):
+        build.preferred_isas("fft")
     with pytest.raises(ValueError, match="unknown instruction set"):
         build.load().cpu_has_isa("sse9")

@@ -10,8 +10,9 @@ serialises builds of parallel processes; the lock dies with its process, so a ki
 Instruction set: ``isa()`` returns the preferred one the CPU has, or the one forced by ``$SPRUCE_ISA`` (``avx512``, ``avx2``, or ``none`` to disable the extension, leaving PyTorch's kernels); forcing
 a set the CPU lacks makes the kernels unavailable with that reason, never an illegal instruction. Preferred:
 ``avx512`` > ``avx2``, except on AMD family 19h (Zen 3/4), whose 512-bit operations run as two 256-bit halves:
-there the AVX2 kernels were as fast or faster on 40 of 51 kernel-goal rows measured side by side
-(``docs/measured/kernels-2026-12-04/``), so ``avx2`` is preferred and ``SPRUCE_ISA=avx512`` still selects it.
+there the SpMM/SpMV kernels prefer ``avx2`` (as fast or faster on 40 of 51 kernel-goal rows measured side by side,
+by 1.3-1.8x at N <= 8 and on the SpMV of fc6; ``docs/measured/kernels-2026-12-04/``), while the direct convolution
+keeps ``avx512`` (8-10% faster over VGG-16's convolutions, interleaved in one run). ``SPRUCE_ISA`` forces both.
 """
 from __future__ import annotations
 
@@ -79,36 +80,41 @@ def cpu_isas() -> tuple[str, ...]:
     return tuple(have)
 
 
+FAMILIES = ("spmm", "conv")  # kernel families whose preferred instruction set may differ
+
+
 @functools.cache
-def preferred_isas() -> tuple[str, ...]:
-    """``cpu_isas()`` in the order ``isa()`` picks from (see the module docstring)."""
+def preferred_isas(family: str = "spmm") -> tuple[str, ...]:
+    """``cpu_isas()`` in the order ``isa(family)`` picks from (see the module docstring)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown kernel family {family!r}; allowed: {', '.join(FAMILIES)}")
     have = cpu_isas()
-    vendor = family = ""
+    vendor = cpu_family = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("vendor_id"):
                 vendor = line.split(":", 1)[1].strip()
             elif line.startswith("cpu family"):
-                family = line.split(":", 1)[1].strip()
-            if vendor and family:
+                cpu_family = line.split(":", 1)[1].strip()
+            if vendor and cpu_family:
                 break
     except OSError:
         pass
-    if vendor == "AuthenticAMD" and family == "25":
+    if vendor == "AuthenticAMD" and cpu_family == "25" and family == "spmm":
         return tuple(sorted(have, key=lambda i: i != "avx2"))
     return have
 
 
-def isa() -> str:
-    """The instruction set the kernels run with now: ``$SPRUCE_ISA`` if set (validated), else the best the CPU
-    has. Raises ``RuntimeError`` naming the reason when there is none to use."""
+def isa(family: str = "spmm") -> str:
+    """The instruction set a kernel family runs with now: ``$SPRUCE_ISA`` if set (validated), else the one
+    preferred on this CPU. Raises ``RuntimeError`` naming the reason when there is none to use."""
     forced = os.environ.get(ENV, "").strip().lower()
     have = list(cpu_isas())
     if forced in ("", "auto"):
         if not have:
             raise RuntimeError("this CPU has neither AVX-512 nor AVX2 + FMA; the spruce_cpu kernels need one "
                                "(PyTorch's kernels remain)")
-        return preferred_isas()[0]
+        return preferred_isas(family)[0]
     if forced == "none":
         raise RuntimeError(f"{ENV}=none: the spruce_cpu kernels are disabled (PyTorch's kernels remain)")
     if forced not in ISAS:
@@ -126,7 +132,7 @@ def compiler() -> str | None:
 
 def availability() -> tuple[bool, str]:
     """``(ok, reason)`` without building: an instruction set to use, a compiler (or a cached build), no earlier
-    failure. When ok, the reason names the path in use (``"isa: avx512"``)."""
+    failure. When ok, the reason names the paths in use (``"isa: avx2"``, or ``"isa: avx2 (conv: avx512)"``)."""
     try:
         path = isa()
     except RuntimeError as e:
@@ -135,7 +141,8 @@ def availability() -> tuple[bool, str]:
         return False, _error
     if _module is None and compiler() is None and not any(build_dir().glob(f"{NAME}*.so")):
         return False, "no C++ compiler found (install g++ or set CXX) to build the spruce_cpu extension"
-    return True, f"isa: {path}"
+    conv = isa("conv")
+    return True, f"isa: {path}" + (f" (conv: {conv})" if conv != path else "")
 
 
 def load(verbose: bool = False) -> ModuleType:

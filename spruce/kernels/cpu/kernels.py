@@ -163,7 +163,8 @@ class SpruceCsrDirect(SpruceCsr):
         b = bias.detach().contiguous() if bias is not None else None
         return build.load().conv_direct(packed.rowptr, packed.cols, packed.vals, packed.m, xp.contiguous(),
                                         kernel_size[0], kernel_size[1], stride[0], stride[1], dilation[0],
-                                        dilation[1], ho, wo, b, _ACT_CODE[activation], _threads(), build.isa())
+                                        dilation[1], ho, wo, b, _ACT_CODE[activation], _threads(),
+                                        build.isa("conv"))
 
 
 @register
