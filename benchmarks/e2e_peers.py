@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from spruce import io  # noqa: E402
 ENGINES = ("onnxruntime", "deepsparse", "openvino")
 
 
@@ -76,10 +79,8 @@ def main() -> None:
             f"Command: `python benchmarks/e2e_peers.py {' '.join(sys.argv[1:])}`  \nDate: "
             f"{time.strftime('%Y-%m-%d %H:%M')}  \nRandom-init weights, magnitude-pruned layer-wise; each row one "
             f"`bench.py` run (Spruce, PyTorch dense and the peers in the same run).\n\n" + "\n".join(lines) + "\n")
-    tmp = a.out / "e2e.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(a.out / "e2e.md")
-    (a.out / "e2e.json").write_text(json.dumps(rows, indent=1, default=str))
+    io.atomic_write(a.out / "e2e.md", text)
+    io.write_json(a.out / "e2e.json", rows, indent=1, default=str)
     print(text)
 
 

@@ -15,7 +15,6 @@ then each ISA) so machine drift hits all alike, and medians are reported. Writes
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from spruce import io  # noqa: E402
 from spruce.kernels import get  # noqa: E402
 from spruce.kernels.cpu import build  # noqa: E402
 
@@ -154,27 +154,16 @@ def main() -> None:
             fns = {"dense": lambda: F.conv2d(x, w4, b, conv.stride, conv.padding, conv.dilation)}
             fns.update({i: with_isa(i, lambda: direct.conv2d(packed, x, *args, b)) for i in isas})
             record(name, "conv2d", co, w4[0].numel(), shape[2] * shape[3], fns, err)
-    a.out.mkdir(parents=True, exist_ok=True)
-    keys = list(rows[0])
-    tmp = a.out / "goals.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=keys)
-        wr.writeheader()
-        wr.writerows(rows)
-    tmp.replace(a.out / "goals.csv")
-    head = ["case", "layout", "M x K", "N"] + [f"{i} x dense" for i in isas] + ["dense ms"] + [f"{i} ms" for i in isas]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["case"], r["layout"], f"{r['M']}x{r['K']}", str(r["N"])] + [f"{r[f'{i}_x']:.2f}" for i in isas]
-        cells += [f"{r['dense_ms']:.3f}"] + [f"{r[f'{i}_ms']:.3f}" for i in isas]
-        lines.append("| " + " | ".join(cells) + " |")
+    io.write_csv(a.out / "goals.csv", rows, list(rows[0]))
+    cols = [("case", "case", ""), ("layout", "layout", ""), ("M x K", "mk", ""), ("N", "N", "")]
+    cols += [(f"{i} x dense", f"{i}_x", ".2f") for i in isas] + [("dense ms", "dense_ms", ".3f")]
+    cols += [(f"{i} ms", f"{i}_ms", ".3f") for i in isas]
+    table = io.markdown_table([dict(r, mk=f"{r['M']}x{r['K']}") for r in rows], cols)
     cmd = "python benchmarks/kernel_goals.py " + " ".join(sys.argv[1:])
     text = (f"# CPU kernel goals ({a.sparsity:.0%} unstructured, fp32, threads={torch.get_num_threads()})\n\n"
             f"Command: `{cmd}`  \nDate: {time.strftime('%Y-%m-%d %H:%M')}  \nx dense = dense median / ours "
-            f"(same run, calls interleaved). Conv N = output pixels.\n\n" + "\n".join(lines) + "\n")
-    tmp = a.out / "goals.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(a.out / "goals.md")
+            f"(same run, calls interleaved). Conv N = output pixels.\n\n" + table + "\n")
+    io.atomic_write(a.out / "goals.md", text)
     print(text)
 
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernel_goals import pruned, timed, vgg_convs  # noqa: E402
+from spruce import io  # noqa: E402
 from spruce.kernels import get  # noqa: E402
 from spruce.kernels.cpu import build  # noqa: E402
 
@@ -104,18 +105,15 @@ def main() -> None:
         ms = timed(fns, a.repeats, a.budget)
         rows.append((name, "conv2d", f"{co}x{w4[0].numel()}", ho * wo, ms))
         print(rows[-1], flush=True)
-    head = ["case", "layout", "M x K", "N", f"old ({a.rev}) ms"] + [f"{i} ms" for i in isas] + \
-        [f"old / {i}" for i in isas]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for case, lay, mk, n, ms in rows:
-        lines.append("| " + " | ".join([case, lay, mk, str(n), f"{ms['old']:.3f}"] + [f"{ms[i]:.3f}" for i in isas]
-                                       + [f"{ms['old'] / ms[i]:.2f}" for i in isas]) + " |")
+    table_rows = [dict(case=case, layout=lay, mk=mk, N=n, old=ms["old"], **{f"{i}_ms": ms[i] for i in isas},
+                       **{f"{i}_ratio": ms["old"] / ms[i] for i in isas}) for case, lay, mk, n, ms in rows]
+    cols = [("case", "case", ""), ("layout", "layout", ""), ("M x K", "mk", ""), ("N", "N", ""),
+            (f"old ({a.rev}) ms", "old", ".3f")] + [(f"{i} ms", f"{i}_ms", ".3f") for i in isas] + \
+        [(f"old / {i}", f"{i}_ratio", ".2f") for i in isas]
     text = (f"# spruce_cpu today vs revision {a.rev} (90%, fp32, threads={T}; > 1 = today faster)\n\nCommand: "
-            f"`python benchmarks/kernels_vs_revision.py {' '.join(sys.argv[1:])}`\n\n" + "\n".join(lines) + "\n")
-    a.out.mkdir(parents=True, exist_ok=True)
-    tmp = a.out / "vs_revision.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(a.out / "vs_revision.md")
+            f"`python benchmarks/kernels_vs_revision.py {' '.join(sys.argv[1:])}`\n\n"
+            + io.markdown_table(table_rows, cols) + "\n")
+    io.atomic_write(a.out / "vs_revision.md", text)
     print(text)
 
 

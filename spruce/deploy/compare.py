@@ -44,3 +44,14 @@ def run_model(model: torch.nn.Module, inputs: object) -> object:
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+def run_hooked(model: torch.nn.Module, inputs: object, handles: list) -> None:
+    """One inference-mode forward of ``inputs`` with hooks already registered; their ``handles`` are removed
+    afterwards, also when the forward raises."""
+    try:
+        with torch.inference_mode():
+            run_model(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spruce.deploy.compare import run_model
+from spruce.deploy.compare import run_hooked
 
 #: parent attribute pairs ``(layer, activation)`` of blocks whose forward is ``activation(layer(x))``
 BLOCK_PATTERNS = (("dense", "intermediate_act_fn"),)
@@ -86,12 +86,7 @@ def _confirmed(model: nn.Module, example_input: object, found: dict[str, dict[st
                 bad.add(n)
             last[0] = None
         handles.append(mods[aname].register_forward_pre_hook(before))
-    try:
-        with torch.inference_mode():
-            run_model(model, example_input)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, example_input, handles)
     return ok - bad
 
 

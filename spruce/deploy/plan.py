@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spruce.deploy.compare import DEFAULT_ATOL, DEFAULT_RTOL, mismatch, run_model
+from spruce.deploy.compare import DEFAULT_ATOL, DEFAULT_RTOL, mismatch, run_hooked
 from spruce.deploy.fusion import find_fusions
 from spruce.deploy.modules import SparseConv2d
 from spruce.perf.allocator import steady_allocator
@@ -150,12 +150,7 @@ def capture_inputs(model: nn.Module, example_input: object, names: Sequence[str]
             if n not in seen and args and isinstance(args[0], torch.Tensor):
                 seen[n] = args[0].detach().clone()
         handles.append(mods[n].register_forward_pre_hook(hook))
-    try:
-        with torch.inference_mode():
-            run_model(model, example_input)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, example_input, handles)
     missing = [n for n in names if n not in seen]
     if missing:
         raise ValueError(f"layer {missing[0]!r} did not run on the example input ({len(missing)} such layers)")
