@@ -29,6 +29,24 @@ def _remove_if_empty_run(run_dir: Path) -> None:
             parent = parent.parent
 
 
+def _sweep_settings(plain: dict, hc) -> None:
+    """Under ``-m``: threads per job from the launcher (parallel jobs share the cores) when ``threads`` is null,
+    and one W&B group per sweep (``logger.group`` null -> the sweep directory's name)."""
+    import os
+
+    from hydra.types import RunMode
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    from spruce.models.train_config import launcher_threads
+    if plain.get("threads") is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        plain["threads"] = launcher_threads(OmegaConf.to_container(hc.launcher, resolve=True), dict(os.environ),
+                                            cores)
+    logger = plain.get("logger") or {}
+    if logger.get("name") == "wandb" and not logger.get("group") and not os.environ.get("WANDB_RUN_GROUP"):
+        logger["group"] = "sweep-" + "-".join(Path(hc.sweep.dir).parts[-2:])
+
+
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
@@ -36,6 +54,7 @@ def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
+        _sweep_settings(plain, HydraConfig.get())
         mode = plain.get("mode", "train")
         if mode == "sensitivity":
             from spruce.models.sensitivity_job import run_sensitivity

@@ -36,7 +36,8 @@ def test_defaults_are_the_documented_job():
     cfg = make_cfg()
     assert (cfg["model"]["name"], cfg["data"]["name"], cfg["prune"]["method"]) == ("vgg16", "digits", "agp")
     assert cfg["prune"]["final"] == 0.9 and cfg["model"]["batch_norm"] is True
-    assert cfg["logger"] == {"name": "wandb", "offline": True, "project": "spruce", "entity": None, "tags": []}
+    assert cfg["logger"] == {"name": "wandb", "offline": True, "project": "spruce", "entity": None, "tags": [],
+                             "group": None}
     assert cfg["ckpt_path"] is None and cfg["trainer"]["enable_progress_bar"] is True
     check_config(cfg)
 

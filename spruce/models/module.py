@@ -119,6 +119,11 @@ class SpruceModule(L.LightningModule):
         self._val["count"] += n
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:  # DDP: each rank saw its shard of the validation set; sum over ranks
+            t = torch.tensor([self._val["loss"], self._val["correct"], self._val["count"]], dtype=torch.float64,
+                             device=self.device)
+            t = self.trainer.strategy.reduce(t, reduce_op="sum").cpu()
+            self._val = {"loss": float(t[0]), "correct": int(t[1]), "count": int(t[2])}
         n = max(1, self._val["count"])
         acc, loss = self._val["correct"] / n, self._val["loss"] / n
         if self.trainer.sanity_checking:

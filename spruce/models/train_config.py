@@ -15,6 +15,15 @@ PRUNE_METHODS = ("agp", "oneshot", "iterative", "none")
 PRUNE_UNITS = ("step", "epoch")
 PRUNE_SCOPES = ("layerwise", "global")
 LOGGERS = ("wandb", "csv", "none")
+#: Lightning strategies train.py runs with pruning: one process, or DDP with one process per rank launched as a
+#: script (every rank keeps its own pruner; checkpoints and reports come from rank 0)
+STRATEGIES = ("auto", "single_device", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
+_REFUSED = {"fsdp": "it shards the weights the masks refer to", "deepspeed": "it shards the weights the masks refer to",
+            "spawn": "the pruning state of the spawned workers does not come back to the process that writes "
+                     "last.ckpt", "fork": "the pruning state of the forked workers does not come back to the process "
+                     "that writes last.ckpt", "notebook": "the pruning state of the forked workers does not come back "
+                     "to the process that writes last.ckpt", "xla": "masks are not kept in sync on XLA devices",
+            "dp": "DataParallel is not supported by Lightning 2"}
 FAMILY_KIND = {"vgg": "image", "bert": "text"}
 
 
@@ -117,6 +126,34 @@ def check_threads(value: Any, key: str = "threads") -> int | None:
     return value
 
 
+def check_strategy(value: Any) -> None:
+    """``trainer.strategy`` one of :data:`STRATEGIES`; sharded (FSDP, DeepSpeed) and spawned/forked DDP refused."""
+    if value in STRATEGIES:
+        return
+    why = next((w for key, w in _REFUSED.items() if isinstance(value, str) and key in value), None)
+    raise ConfigError(f"trainer.strategy={value!r} is not allowed{' with pruning: ' + why if why else ''}; "
+                      f"allowed: {', '.join(STRATEGIES)}")
+
+
+def launcher_threads(launcher: dict[str, Any], env: dict[str, str], cores: int) -> int | None:
+    """Torch threads for one job of a Hydra sweep when ``threads`` is null, so parallel jobs share the cores:
+
+    * joblib launcher: ``cores // n_jobs`` (``n_jobs`` -1 = one job per core, -2 = all but one, as joblib counts);
+    * submitit launchers: ``$SLURM_CPUS_PER_TASK`` or ``hydra.launcher.cpus_per_task``;
+    * any other launcher (the basic one runs jobs one after another): ``None``, torch's default.
+    """
+    target = str(launcher.get("_target_") or "")
+    if "joblib" in target.lower():
+        n = launcher.get("n_jobs")
+        n = -1 if n is None else int(n)
+        parallel = n if n > 0 else max(1, cores + 1 + n)
+        return max(1, cores // min(parallel, cores))
+    if "submitit" in target.lower():
+        cpt = env.get("SLURM_CPUS_PER_TASK") or launcher.get("cpus_per_task")
+        return max(1, int(cpt)) if cpt else None
+    return None
+
+
 def check_trainer(trainer: dict[str, Any]) -> None:
     """``trainer.max_epochs`` an integer >= 1 (or null when ``max_steps`` >= 1 bounds the run); ``max_steps``
     -1 (no limit) or >= 1; the other integer knobs Lightning would reject with a traceback are checked too."""
@@ -137,6 +174,8 @@ def check_trainer(trainer: dict[str, Any]) -> None:
     _int("log_every_n_steps", 1)
     _int("accumulate_grad_batches", 1)
     _int("num_sanity_val_steps", 0, (-1,))
+    _int("num_nodes", 1)
+    check_strategy(trainer.get("strategy", "auto"))
 
 
 def check_config(cfg: dict[str, Any]) -> None:

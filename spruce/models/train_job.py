@@ -44,7 +44,8 @@ def build_pruning_callback(prune: dict[str, Any], family: str) -> Any:
                            score=prune.get("score", "magnitude"), layers=prune.get("layers"), family=family,
                            prune_classifier=bool(prune.get("prune_classifier", True)), block=prune.get("block"),
                            n_m=prune.get("n_m"), targets=prune.get("targets"),
-                           score_lr=float(prune.get("score_lr", 0.01)), score_reg=float(prune.get("score_reg", 0.0)))
+                           score_lr=float(prune.get("score_lr", 0.01)), score_reg=float(prune.get("score_reg", 0.0)),
+                           verify_ranks=bool(prune.get("verify_ranks", True)), mask_log=prune.get("mask_log"))
 
 
 def build_logger(cfg: dict[str, Any], run_dir: Path, name: str) -> Any:
@@ -57,8 +58,26 @@ def build_logger(cfg: dict[str, Any], run_dir: Path, name: str) -> Any:
         return CSVLogger(save_dir=str(run_dir), name="csv")
     from lightning.pytorch.loggers import WandbLogger
     lg = cfg["logger"]
+    # group: logger.group, else $WANDB_RUN_GROUP (wandb.init reads it; the trade-off driver sets it), else none;
+    # train.py sets logger.group to the sweep's name under -m so that one sweep is one W&B group
     return WandbLogger(name=name, save_dir=str(run_dir), offline=bool(lg.get("offline", True)),
-                       project=lg.get("project", "spruce"), entity=lg.get("entity"), tags=list(lg.get("tags") or []))
+                       project=lg.get("project", "spruce"), entity=lg.get("entity"), tags=list(lg.get("tags") or []),
+                       group=lg.get("group") or None)
+
+
+def check_trainer_strategy(trainer: Any) -> None:
+    """Refuse a built Trainer whose strategy the pruning cannot honour (``train_config.check_strategy`` checked the
+    name; this catches what ``strategy=auto`` resolved to, e.g. ``ddp_fork`` in a notebook)."""
+    from spruce.models.train_config import check_strategy
+    kind = type(trainer.strategy).__name__
+    launcher = type(getattr(trainer.strategy, "launcher", None)).__name__
+    if kind == "SingleDeviceStrategy":
+        return
+    if kind == "DDPStrategy":
+        if launcher == "_MultiProcessingLauncher":  # spawned/forked workers (e.g. auto in a notebook)
+            check_strategy(f"ddp_{getattr(trainer.strategy.launcher, '_start_method', 'spawn')}")
+        return
+    check_strategy(getattr(trainer.strategy, "strategy_name", kind))
 
 
 def _save_atomic(trainer: Any, path: Path) -> None:
@@ -142,6 +161,11 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
                             plugins=[AtomicCheckpointIO()], **trainer_kwargs)
     except (TypeError, ValueError, MisconfigurationException) as e:  # unknown/invalid trainer.* keys
         raise ConfigError(f"trainer: {str(e).splitlines()[0]}") from None
+    check_trainer_strategy(trainer)
+    if cfg.get("threads") is None and trainer.num_devices > 1 and trainer.strategy.root_device.type == "cpu":
+        # several ranks on this machine's CPUs: share the cores instead of every rank using all of them
+        torch.set_num_threads(max(1, torch.get_num_threads() // trainer.num_devices))
+    rank0 = trainer.is_global_zero
     wandb_dir = None
     try:
         if logger:
@@ -164,6 +188,8 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
             "sparsity": sparsity, "global_step": int(trainer.global_step), "epochs": int(trainer.current_epoch),
             "checkpoint": str(last), "run_dir": str(run_dir),
         }
+        if not rank0:  # one summary, one W&B run: rank 0 reports (the checkpoint above is written by rank 0 only)
+            return summary
         if logger and cfg["logger"]["name"] == "wandb":
             exp = logger.experiment
             wandb_dir = str(Path(exp.dir).parent)

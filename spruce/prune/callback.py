@@ -13,16 +13,29 @@ Life cycle inside ``Trainer.fit`` (Lightning 2.6 order):
    ``prune/target``, ``sparsity/overall`` and ``sparsity/<fqn>`` on every step.
 6. ``on_fit_end``: re-apply the masks (exact zeros where a mask is ``False``); ``teardown`` removes the hooks.
 
+Data parallel (DDP, any number of ranks): every rank prunes by itself from the same state - identical weights
+(DDP broadcasts them at start and all-reduces the gradients in ``backward``, so every rank takes the same optimizer
+step), movement scores accumulated from those all-reduced gradients in ``on_before_optimizer_step`` (after the
+closure's backward), soft-movement scores updated from them with their own Adam on every rank alike - and
+deterministic tie-breaking, so the masks come out bit-identical without being broadcast. ``verify_ranks`` checks it
+at every pruning step (one all-gather of a 64-bit mask digest) and stops the run if a rank diverged. With
+``unit="epoch"`` the schedule position is kept in epochs across a resume (``epoch_position`` in the state), so a run
+resumed on a different number of ranks (other steps per epoch) continues the same schedule in epochs.
+
 Layer names are relative to ``pl_module.<module_attr>`` (default ``model``, i.e. the contract's ``<fqn>``), or to
 the LightningModule itself when it has no such attribute.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch import nn
 
 from spruce.prune.layers import default_prunable, infer_family, prunable_layers
@@ -78,6 +91,10 @@ class PruningCallback(pl.Callback):
         family: ``"vgg"`` or ``"bert"``; ``None``: inferred from the model when ``layers`` is ``None``.
         prune_classifier: VGG only: whether the last Linear (the classifier) is pruned by default.
         module_attr: attribute of the LightningModule holding the model the layer names refer to.
+        verify_ranks: under data parallelism, all-gather a digest of the masks at every pruning step and raise
+            ``RuntimeError`` naming the step and ranks if they differ (one tiny collective per pruning step).
+        mask_log: a directory; every rank appends ``{"step", "target", "digest"}`` per pruning step to
+            ``rank<k>.jsonl`` there (for tests and audits; ``None``: nothing written).
     """
 
     def __init__(self, method: str = "agp", initial: float = 0.0, final: float = 0.9, start: float = 0,
@@ -86,7 +103,7 @@ class PruningCallback(pl.Callback):
                  family: str | None = None, prune_classifier: bool = True, module_attr: str | None = "model",
                  block: Sequence[int] | None = None, n_m: Sequence[int] | None = None,
                  targets: str | Mapping[str, float] | None = None, score_lr: float = 0.01,
-                 score_reg: float = 0.0) -> None:
+                 score_reg: float = 0.0, verify_ranks: bool = True, mask_log: str | None = None) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"prune method={method!r} is not allowed; allowed: {', '.join(METHODS)}")
@@ -126,6 +143,13 @@ class PruningCallback(pl.Callback):
                                       score_reg=score_reg)
         self.steps: dict[str, int] | None = None  # the schedule in optimizer steps, set in on_train_start
         self.last_step = -1  # global step of the last schedule evaluation that changed the masks
+        self.verify_ranks, self.mask_log = bool(verify_ranks), mask_log
+        # unit="epoch": schedule position in epochs = epoch0 + (global_step - step0) / steps_per_epoch; the anchor
+        # (epoch0, step0) is set in on_train_start (0, 0 fresh; the saved position and the resumed step on resume)
+        self._anchor: tuple[float, int] = (0.0, 0)
+        self._resumed_epoch: float | None = None
+        self._spe: int | None = None
+        self._trainer: pl.Trainer | None = None
         self._sparsity: dict[str, float] = {}
         self._hooks: list[Any] = []
 
@@ -161,6 +185,19 @@ class PruningCallback(pl.Callback):
         return {"start": round(self.start * spe), "end": round(self.end * spe),
                 "every": max(1, round(self.every * spe))}
 
+    def epoch_position(self, global_step: int) -> float:
+        """``unit="epoch"``: epochs of training done after ``global_step`` optimizer steps of this run."""
+        epoch0, step0 = self._anchor
+        return epoch0 + (global_step - step0) / (self._spe or 1)
+
+    def schedule_step(self, global_step: int) -> int:
+        """The step on this run's schedule (``self.steps``) for the trainer's ``global_step``: the same number
+        with ``unit="step"``; with ``unit="epoch"`` the epoch position in this run's steps per epoch (equal to
+        ``global_step`` unless the run resumed with another number of steps per epoch, e.g. on more ranks)."""
+        if self.unit == "step" or self._resumed_epoch is None:
+            return global_step
+        return round(self.epoch_position(global_step) * (self._spe or 1))
+
     def target_at(self, step: int) -> float:
         """The schedule's target sparsity after ``step`` optimizer steps (needs ``self.steps``)."""
         s = self.steps
@@ -194,13 +231,47 @@ class PruningCallback(pl.Callback):
         """Achieved sparsity ``{fqn: fraction of zeros, ..., "overall": float}`` of the pruned layers."""
         return self.pruner.sparsity()
 
-    def _maybe_prune(self, step: int) -> None:
-        target = self.layer_targets_at(step)
+    def _maybe_prune(self, global_step: int) -> None:
+        target = self.layer_targets_at(self.schedule_step(global_step))
         if target != self.pruner.target:
             self._sparsity = self.pruner.step(target)
-            self.last_step = step
+            self.last_step = global_step
+            self._after_pruning(global_step, target)
         elif not self._sparsity:
             self._sparsity = self.pruner.sparsity()
+
+    def mask_digest(self) -> str:
+        """SHA-256 (hex) over the layer names and mask bits, in layer order: equal iff the masks are equal."""
+        h = hashlib.sha256()
+        for name, mask in self.pruner.masks().items():
+            h.update(name.encode())
+            h.update(str(tuple(mask.shape)).encode())
+            h.update(mask.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def _after_pruning(self, global_step: int, target: Any) -> None:
+        """Under data parallelism compare the ranks' masks (``verify_ranks``); append to ``mask_log``."""
+        trainer = self._trainer
+        world = int(getattr(trainer, "world_size", 1)) if trainer is not None else 1
+        rank = int(getattr(trainer, "global_rank", 0)) if trainer is not None else 0
+        if not (self.verify_ranks or self.mask_log):
+            return
+        digest = self.mask_digest()
+        if self.mask_log:
+            log = Path(self.mask_log)
+            log.mkdir(parents=True, exist_ok=True)
+            with open(log / f"rank{rank}.jsonl", "a") as f:
+                entry = {"step": int(global_step), "target": target, "digest": digest, "world_size": world}
+                if self.unit == "epoch":
+                    entry.update(epoch=self.epoch_position(global_step), steps_per_epoch=self._spe)
+                f.write(json.dumps(entry) + "\n")
+        if self.verify_ranks and world > 1 and trainer is not None:
+            mine = torch.tensor([int(digest[:15], 16)], dtype=torch.int64)  # 60 bits: fits int64 as a positive
+            mine = mine.to(trainer.strategy.root_device)
+            every = trainer.strategy.all_gather(mine).reshape(-1).cpu().tolist()
+            if len(set(every)) != 1:
+                raise RuntimeError(f"pruning masks differ across data-parallel ranks at step {global_step} "
+                                   f"(digests per rank: {[f'{d:015x}' for d in every]})")
 
     def _remove_hooks(self) -> None:
         for h in self._hooks:
@@ -220,7 +291,12 @@ class PruningCallback(pl.Callback):
         self.pruner.prepare(model, layers)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._trainer = trainer
         self.steps = self.schedule_steps(trainer)
+        self._spe = self.steps_per_epoch(trainer) if self.unit == "epoch" else None
+        epoch0 = self._resumed_epoch if self._resumed_epoch is not None else (
+            trainer.global_step / self._spe if self._spe else 0.0)
+        self._anchor = (float(epoch0), int(trainer.global_step))
         self._remove_hooks()
         self._hooks = [self.pruner.hook_optimizer(opt) for opt in trainer.optimizers]
         self.pruner.apply_masks()
@@ -233,7 +309,8 @@ class PruningCallback(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._maybe_prune(trainer.global_step)
-        pl_module.log("prune/target", self.target_at(trainer.global_step), on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log("prune/target", self.target_at(self.schedule_step(trainer.global_step)), on_step=True,
+                      on_epoch=False, batch_size=1)
         pl_module.log("sparsity/overall", self._sparsity["overall"], on_step=True, on_epoch=False,
                       prog_bar=True, batch_size=1)
         pl_module.log_dict({f"sparsity/{k}": v for k, v in self._sparsity.items() if k != "overall"},
@@ -248,8 +325,11 @@ class PruningCallback(pl.Callback):
 
     # ---- checkpoint state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "method": self.method, "pruner": self.pruner.state_dict(),
-                "last_step": int(self.last_step), "steps": dict(self.steps) if self.steps else None}
+        state = {"version": STATE_VERSION, "method": self.method, "pruner": self.pruner.state_dict(),
+                 "last_step": int(self.last_step), "steps": dict(self.steps) if self.steps else None}
+        if self.unit == "epoch" and self._trainer is not None and self._spe:
+            state["epoch_position"] = float(self.epoch_position(int(self._trainer.global_step)))
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("method") != self.method:
@@ -257,3 +337,5 @@ class PruningCallback(pl.Callback):
                              f"method={self.method!r}; resume with the same prune settings")
         self.pruner.load_state_dict(state_dict["pruner"])
         self.last_step = int(state_dict.get("last_step", -1))
+        pos = state_dict.get("epoch_position")
+        self._resumed_epoch = None if pos is None else float(pos)
