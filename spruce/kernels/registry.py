@@ -53,6 +53,10 @@ class Kernel:
     #: panels of about this size), so X streams from memory once whatever its size; None: it sweeps all of N
     #: per row and re-reads X from memory once X outgrows the cache. Read by the performance model.
     x_panel_bytes: ClassVar[int | None] = None
+    #: True for a kernel whose speed depends on the input's values (e.g. on activation sparsity): calibration and
+    #: planning time kernels on synthetic inputs, so ``kernels()`` lists it only with ``opt_in=True``; ``get(name)``
+    #: and a plan that names it still find it.
+    opt_in: ClassVar[bool] = False
 
     # ---- availability -------------------------------------------------------------------------------
     @classmethod
@@ -178,12 +182,15 @@ def get(name: str) -> Kernel:
 
 
 def kernels(device: str | None = None, fmt: str | None = None, available_only: bool = True,
-            dtype: torch.dtype | None = None) -> list[Kernel]:
-    """Instances of the registered kernels matching device / format / dtype, in name order."""
+            dtype: torch.dtype | None = None, opt_in: bool = False) -> list[Kernel]:
+    """Instances of the registered kernels matching device / format / dtype, in name order (``Kernel.opt_in``
+    kernels only when ``opt_in``)."""
     _load_builtin()
     out = []
     for name in sorted(_REGISTRY):
         cls = _REGISTRY[name]
+        if cls.opt_in and not opt_in:
+            continue
         if device is not None and cls.device != device:
             continue
         if fmt is not None and cls.format != fmt:

@@ -165,6 +165,113 @@ torch::Tensor conv_direct(torch::Tensor rp, torch::Tensor cols, torch::Tensor va
   return y;
 }
 
+// ---- sparse activations and the sparse x sparse convolution (spsp_conv.h) ------------------------------------
+struct TensorOut {  // the SpOut allocator: nnz-sized cols / vals tensors
+  torch::Tensor cols, vals;
+  static void alloc(void* ctx, int64_t nnz, int32_t** c, float** v) {
+    auto* self = static_cast<TensorOut*>(ctx);
+    self->cols = torch::empty({nnz}, torch::kInt32);
+    self->vals = torch::empty({nnz}, torch::kFloat32);
+    *c = self->cols.data_ptr<int32_t>();
+    *v = self->vals.data_ptr<float>();
+  }
+};
+
+void check_i32(const torch::Tensor& t, int64_t n, const char* what) {
+  if (t.device().type() != torch::kCPU || t.scalar_type() != torch::kInt32 || !t.is_contiguous() || t.dim() != 1)
+    throw pybind11::value_error(std::string(what) + " must be a contiguous 1-D int32 CPU tensor");
+  if (n >= 0 && t.numel() != n)
+    throw pybind11::value_error(std::string(what) + " must have " + std::to_string(n) + " entries, got " +
+                                std::to_string(t.numel()));
+}
+
+// rp[0] = 0, non-decreasing, rp[rows] = nnz: else a kernel would read out of bounds.
+void check_offsets(const torch::Tensor& rp, int64_t nnz, const char* what) {
+  const int32_t* p = rp.data_ptr<int32_t>();
+  const int64_t rows = rp.numel() - 1;
+  if (p[0] != 0 || p[rows] != nnz)
+    throw pybind11::value_error(std::string(what) + " must start at 0 and end at the number of stored entries (" +
+                                std::to_string(nnz) + ")");
+  for (int64_t r = 0; r < rows; ++r)
+    if (p[r + 1] < p[r]) throw pybind11::value_error(std::string(what) + " must be non-decreasing");
+}
+
+void check_range(const torch::Tensor& idx, int64_t hi, const char* what) {
+  const int32_t* p = idx.data_ptr<int32_t>();
+  for (int64_t i = 0, n = idx.numel(); i < n; ++i)
+    if (p[i] < 0 || p[i] >= hi)
+      throw pybind11::value_error(std::string(what) + " " + std::to_string(p[i]) + " out of range [0, " +
+                                  std::to_string(hi) + ")");
+}
+
+// Dense x [B, C, H, W] -> (rowptr [B*C*H + 1], cols [nnz], vals [nnz]): CSR over the rows (b, c, h).
+std::vector<torch::Tensor> to_spact(torch::Tensor x, int64_t nthreads, const std::string& isa) {
+  const int code = isa_code(isa);
+  check_cpu_f32(x, "x");
+  if (x.dim() != 4) throw pybind11::value_error("x must be [B, C, H, W]");
+  if (x.numel() >= (int64_t(1) << 31) - 1)
+    throw pybind11::value_error("x has too many elements for int32 offsets: " + std::to_string(x.numel()));
+  const int64_t rows = x.size(0) * x.size(1) * x.size(2), w = x.size(3);
+  auto rp = torch::empty({rows + 1}, torch::kInt32);
+  TensorOut out;
+  const spruce::SpOut so{&out, &TensorOut::alloc};
+  if (code == 1) spruce::avx512::to_spact(x.data_ptr<float>(), rows, w, rp.data_ptr<int32_t>(), so, threads(nthreads));
+  else spruce::avx2::to_spact(x.data_ptr<float>(), rows, w, rp.data_ptr<int32_t>(), so, threads(nthreads));
+  return {rp, out.cols, out.vals};
+}
+
+// Sparse x sparse convolution: W^T blocks (w_rp, w_blk, w_vals; co output channels, blocks of `width`) times the
+// sparse input (x_rp, x_cols, x_vals over [b, c, h, w]); returns [y [B, co, ho, wo]] or, with sparse_out, the
+// output as (rowptr, cols, vals) over its rows (b, co, oh).
+std::vector<torch::Tensor> spsp_conv(torch::Tensor w_rp, torch::Tensor w_blk, torch::Tensor w_vals, int64_t co,
+                                     int64_t width, torch::Tensor x_rp, torch::Tensor x_cols, torch::Tensor x_vals,
+                                     int64_t b, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh,
+                                     int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                                     c10::optional<torch::Tensor> bias, int64_t act, bool sparse_out,
+                                     int64_t nthreads, const std::string& isa, int64_t acc_kib) {
+  const int code = isa_code(isa);
+  if (width != 8 && width != 16) throw pybind11::value_error("block width must be 8 or 16, got " + std::to_string(width));
+  if (co < 1 || b < 0 || c < 1 || h < 1 || w < 1) throw pybind11::value_error("sizes must be positive");
+  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1 || ph < 0 || pw < 0)
+    throw pybind11::value_error("kernel size, stride and dilation must be >= 1 and padding >= 0");
+  const int64_t ho = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1, wo = (w + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+  if (h + 2 * ph - dh * (kh - 1) - 1 < 0 || w + 2 * pw - dw * (kw - 1) - 1 < 0)
+    throw pybind11::value_error("input smaller than the dilated kernel");
+  if (b * c * h * w >= (int64_t(1) << 31) - 1 || b * co * ho * wo >= (int64_t(1) << 31) - 1)
+    throw pybind11::value_error("input or output too large for int32 offsets");
+  const int64_t k = c * kh * kw;
+  check_i32(w_rp, k + 1, "weight block offsets");
+  check_i32(w_blk, -1, "weight block indices");
+  check_cpu_f32(w_vals, "weight values");
+  if (w_vals.numel() != w_blk.numel() * width)
+    throw pybind11::value_error("weight values must hold blocks x width entries");
+  check_offsets(w_rp, w_blk.numel(), "weight block offsets");
+  check_range(w_blk, (co + width - 1) / width, "weight block index");
+  check_i32(x_rp, b * c * h + 1, "input row offsets");
+  check_i32(x_cols, -1, "input columns");
+  check_cpu_f32(x_vals, "input values");
+  if (x_vals.numel() != x_cols.numel()) throw pybind11::value_error("input values and columns differ in length");
+  check_offsets(x_rp, x_cols.numel(), "input row offsets");
+  check_range(x_cols, w, "input column");
+  const spruce::SpspWeight wt{w_rp.data_ptr<int32_t>(), w_blk.data_ptr<int32_t>(), w_vals.data_ptr<float>(), co, k, width};
+  const spruce::SpAct sx{x_rp.data_ptr<int32_t>(), x_cols.data_ptr<int32_t>(), x_vals.data_ptr<float>(), b, c, h, w};
+  const spruce::SpspGeom g{kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, std::max<int64_t>(0, acc_kib) * 1024};
+  const Epilogue ep{bias_ptr(bias, co), act_code(act)};
+  const int T = threads(nthreads);
+  if (!sparse_out) {
+    auto y = torch::empty({b, co, ho, wo}, torch::kFloat32);
+    if (code == 1) spruce::avx512::spsp_conv(wt, sx, g, ep, y.data_ptr<float>(), nullptr, nullptr, T);
+    else spruce::avx2::spsp_conv(wt, sx, g, ep, y.data_ptr<float>(), nullptr, nullptr, T);
+    return {y};
+  }
+  auto rp = torch::empty({b * co * ho + 1}, torch::kInt32);
+  TensorOut out;
+  const spruce::SpOut so{&out, &TensorOut::alloc};
+  if (code == 1) spruce::avx512::spsp_conv(wt, sx, g, ep, nullptr, rp.data_ptr<int32_t>(), &so, T);
+  else spruce::avx2::spsp_conv(wt, sx, g, ep, nullptr, rp.data_ptr<int32_t>(), &so, T);
+  return {rp, out.cols, out.vals};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
@@ -173,6 +280,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("csr_linear", &csr_linear, "y = act(x @ W^T + b), W CSR, x [B, K] (nn.Linear layout)");
   mod.def("bsr_spmm", &bsr_spmm, "Y = act(W @ X + b), W BSR with 4 x 1 blocks");
   mod.def("conv_direct", &conv_direct, "direct sparse convolution");
+  mod.def("to_spact", &to_spact, "dense [B,C,H,W] -> CSR over rows (b, c, h): (rowptr, cols, vals)");
+  mod.def("spsp_conv", &spsp_conv, "sparse weight x sparse input convolution (dense or sparse output)");
   mod.def("cpu_has_isa", &cpu_has_isa, "whether the CPU has an instruction set: 'avx2' (with FMA) or 'avx512'");
   mod.def("l2_panel_bytes", []() { return spruce::kL2PanelBytes; }, "bytes of X a thread keeps hot in L2");
 }

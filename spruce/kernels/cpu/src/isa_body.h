@@ -23,6 +23,7 @@ namespace SPRUCE_ISA_NS {
 #include "csr_spmm.h"
 #include "bsr_spmm.h"
 #include "conv_direct.h"
+#include "spsp_conv.h"
 
 void csr_spmm(const Csr& w, const float* X, int64_t n, const Epilogue& ep, float* Y, int T, int split) {
   with_cols(w, [&](auto ci) { csr_spmm_impl(w, ci, X, n, ep, Y, T, split); });
@@ -38,6 +39,16 @@ void bsr_spmm(const Csr& w, const float* X, int64_t n, const Epilogue& ep, float
 
 void conv_direct(const Csr& w, const float* xpad, const ConvShape& s, const Epilogue& ep, float* y, int T) {
   conv_direct_impl(w, xpad, s, ep, y, T);
+}
+
+void to_spact(const float* x, int64_t rows, int64_t w, int32_t* rp, const SpOut& out, int T) {
+  to_spact_impl(x, rows, w, rp, out, T);
+}
+
+void spsp_conv(const SpspWeight& w, const SpAct& x, const SpspGeom& g, const Epilogue& ep, float* y,
+               int32_t* out_rp, const SpOut* out, int T) {
+  if (w.width == 16) spsp_conv_impl<16>(w, x, g, ep, y, out_rp, out, T);
+  else spsp_conv_impl<8>(w, x, g, ep, y, out_rp, out, T);
 }
 
 }  // namespace SPRUCE_ISA_NS

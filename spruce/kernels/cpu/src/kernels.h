@@ -11,6 +11,7 @@
 // | x (linear) | float32 | [b, k] | row-major (nn.Linear activations) |
 // | y (linear) | float32 | [b, m] | row-major |
 // | xpad (conv) | float32 | [B, C_in, Hp, Wp] | NCHW, already zero-padded |
+// | SpAct, SpspWeight | see spsp_conv.h | | sparse activations and the sparse x sparse kernel's weight |
 #pragma once
 #include <cstdint>
 
@@ -33,6 +34,34 @@ struct ConvShape {
   int64_t b, ci, hp, wp, kh, kw, sh, sw, dh, dw, ho, wo;
 };
 
+// Sparse activations (spsp_conv.h): CSR over the rows (b, c, h) of an NCHW tensor, column = w.
+struct SpAct {
+  const int32_t* rp;
+  const int32_t* cols;
+  const float* v;
+  int64_t b, c, h, w;
+};
+
+// The sparse x sparse kernel's weight: W^T [k = C_in*kh*kw, co] in blocks of `width` output channels.
+struct SpspWeight {
+  const int32_t* rp;
+  const int32_t* blk;
+  const float* v;
+  int64_t co, k, width;
+};
+
+struct SpspGeom {
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw, ho, wo;
+  int64_t acc_bytes;  // accumulator tile per work item (0: the default)
+};
+
+// Where a kernel whose output size is known only at the end puts it: alloc(ctx, nnz, &cols, &vals), called once,
+// outside any parallel region (the bindings allocate tensors there).
+struct SpOut {
+  void* ctx;
+  void (*alloc)(void* ctx, int64_t nnz, int32_t** cols, float** vals);
+};
+
 // The X panel a thread keeps hot in L2 while it walks its rows (bytes). One value for both ISAs.
 constexpr int64_t kL2PanelBytes = 384 * 1024;
 
@@ -45,7 +74,12 @@ constexpr int64_t kL2PanelBytes = 384 * 1024;
   void bsr_spmm(const Csr& w, const float* X, int64_t n, const Epilogue& ep, float* Y, bool transposed,    \
                 int T);                                                                                   \
   /* direct sparse convolution, y [B, m, ho, wo] */                                                       \
-  void conv_direct(const Csr& w, const float* xpad, const ConvShape& s, const Epilogue& ep, float* y, int T);
+  void conv_direct(const Csr& w, const float* xpad, const ConvShape& s, const Epilogue& ep, float* y, int T);  \
+  /* dense rows [rows, w] -> CSR over the rows (rp [rows + 1]; cols, vals from out) */                      \
+  void to_spact(const float* x, int64_t rows, int64_t w, int32_t* rp, const SpOut& out, int T);            \
+  /* sparse x sparse convolution: y [B, co, ho, wo] dense, or (out_rp != nullptr) the output as SpAct */   \
+  void spsp_conv(const SpspWeight& w, const SpAct& x, const SpspGeom& g, const Epilogue& ep, float* y,       \
+                 int32_t* out_rp, const SpOut* out, int T);
 
 namespace avx2 { SPRUCE_ISA_ENTRY_POINTS }
 namespace avx512 { SPRUCE_ISA_ENTRY_POINTS }
