@@ -187,12 +187,14 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
             **{k: module.metrics.get(k) for k in ("val_acc_initial", "val_acc_dense", "dense_epoch", "val_acc")},
             "sparsity": sparsity, "global_step": int(trainer.global_step), "epochs": int(trainer.current_epoch),
             "checkpoint": str(last), "run_dir": str(run_dir),
+            "threads": torch.get_num_threads(), "world_size": int(trainer.world_size), "wandb_group": None,
         }
         if not rank0:  # one summary, one W&B run: rank 0 reports (the checkpoint above is written by rank 0 only)
             return summary
         if logger and cfg["logger"]["name"] == "wandb":
             exp = logger.experiment
             wandb_dir = str(Path(exp.dir).parent)
+            summary["wandb_group"] = exp.group or None
             exp.summary.update({"final/val_acc": summary["val_acc"], "final/val_acc_dense": summary["val_acc_dense"],
                                 "final/sparsity_overall": sparsity["overall"], "run_name": name, "init": init})
         elif logger:
