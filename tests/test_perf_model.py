@@ -9,10 +9,11 @@ from spruce.perf.profile import MachineProfile, h100_profile
 
 @pytest.fixture
 def fake() -> MachineProfile:
-    # 100 GFLOP/s, 10 GB/s, 1 MB cache, one thread, no overhead, sparse kernels at 10% of peak
+    # 100 GFLOP/s, 10 GB/s, 1 MB cache, one thread, no overhead, sparse kernels at 10% of peak; the base roofline
+    # without the residual terms (``tiny_llc`` below turns them on)
     return MachineProfile(name="fake", peak_gflops=100.0, bw_gbs=10.0, cache_bytes=1e6, threads=1,
                           overhead_us={"default": 0.0}, sparse_eff={"default": 0.1},
-                          gather_penalty={"default": 1.0}, convert_ns={"default": [1.0, 10.0]})
+                          gather_penalty={"default": 1.0}, convert_ns={"default": [1.0, 10.0]}, terms=[])
 
 
 def test_dense_time_compute_and_memory_bound(fake):
@@ -179,6 +180,7 @@ def test_calibration_measures_efficiency_over_k(monkeypatch, tmp_path):
     monkeypatch.setattr(machine, "GATHER_SHAPE", (256, 512))
     monkeypatch.setattr(machine, "CALIBRATION_PASSES", 3)
     monkeypatch.setattr(machine, "PASS_BUDGET_S", 0.02)
+    monkeypatch.setattr(machine, "GATHER_BUDGET_S", 0.02)
     base = MachineProfile(name="t", peak_gflops=50.0, bw_gbs=10.0, cache_bytes=32e6, threads=1,
                           overhead_us={}, sparse_eff={}, gather_penalty={}, convert_ns={})
     prof = machine.calibrate([registry.get("torch_dense"), registry.get("torch_csr"), registry.get("spruce_csr")],
@@ -198,6 +200,10 @@ def test_calibration_measures_efficiency_over_k(monkeypatch, tmp_path):
     lo, hi = sorted((prof.eff("torch_csr", "csr", 8, 0.5, 64), prof.eff("torch_csr", "csr", 8, 0.5, 256)))
     assert lo <= prof.eff("torch_csr", "csr", 8, 0.5, 128) <= hi
     assert pm.predict_ms("torch_csr", "csr", 300, 200, 8, 6000, None, prof) > 0
+    # v8: the gather penalty at the byte-parity sparsity, v7's 50% point kept for the model before
+    assert prof.meta["gather_sparsity"]["spruce_csr"] == pytest.approx(machine.gather_sparsity(
+        "spruce_csr", "csr", 256, 512))
+    assert set(prof.meta["gather_penalty_half"]) == {"torch_csr", "spruce_csr"}
     # the profile round-trips through JSON (the cache) unchanged
     import json
     assert MachineProfile.from_dict(json.loads(json.dumps(prof.to_dict()))) == prof
@@ -244,3 +250,94 @@ def test_weight_bytes_model_matches_every_cpu_kernel() -> None:
         assert kn.weight_bytes(kn.prepare(w)) == pytest.approx(expected), kn.name
         checked += 1
     assert checked >= 3
+
+
+# ---- residual terms (issue 17): weight residency in the LLC, X panels beyond L2 ------------------------------------
+@pytest.fixture
+def tiny_llc(fake) -> MachineProfile:
+    # a 20 MB LLC: fc8's dense weight (1000 x 4096 x 4 = 16.384 MB) fits, fc6's (4096 x 25088 x 4 = 411 MB) does not;
+    # 1 MiB L2 per core, 50 GB/s from the LLC
+    return MachineProfile(**{**fake.to_dict(), "cache_bytes": 20e6, "l2_bytes": 1024.0 ** 2, "llc_bw_gbs": 50.0,
+                             "terms": ["weight_residency", "x_panel_l2"]})
+
+
+FC6, FC7, FC8 = (4096, 25088), (4096, 4096), (1000, 4096)
+
+
+def test_weight_residency_dense_time(tiny_llc):
+    before = pm.without_residual_terms(tiny_llc)
+    assert before.terms == [] and tiny_llc.terms == ["weight_residency", "x_panel_l2"]
+    # fc8 at N = 1: before, memory-bound on all bytes: 4 (4096000 + 4096 + 1000) / 1e10 = 1.6404384 ms
+    assert pm.dense_time_s(*FC8, 1, before) == pytest.approx(1.6404384e-3)
+    # after, the weight stays in the LLC: memory 4 (4096 + 1000) / 1e10 = 2.04 us < FLOPs 2 * 4096000 / 1e11
+    assert pm.dense_time_s(*FC8, 1, tiny_llc) == pytest.approx(8.192e-5)
+    # fc6 streams all but the LLC's 20 MB: (411041792 - 20e6 + 4 (25088 + 4096)) / 1e10 = 39.1158528 ms
+    assert pm.streamed_fraction(411041792, 20e6) == pytest.approx(1 - 20e6 / 411041792)
+    assert pm.dense_time_s(*FC6, 1, tiny_llc) == pytest.approx(39.1158528e-3)
+    assert pm.dense_time_s(*FC6, 1, before) == pytest.approx(41.1158528e-3)
+
+
+def test_weight_residency_moves_the_batch1_crossover_of_a_resident_layer_only(tiny_llc):
+    before = pm.without_residual_terms(tiny_llc)
+    # fc8 before: memory-bound both ways, 8 nnz + 4 * 1001 + 4 (4096 + 1000) = 4 (4096000 + 4096 + 1000)
+    # -> nnz = (16404384 - 24388) / 8 = 2047499.5 -> s = 1 - nnz / 4096000
+    st, s = pm.predicted_crossover("k", "csr", *FC8, 1, before, row_cov=0.0)
+    assert st == "cross" and s == pytest.approx(1 - 2047499.5 / 4096000, abs=1e-6)
+    # fc8 after: both weights resident, FLOP-bound: 2 nnz / (1e11 * 0.1) = 2 * 4096000 / 1e11 -> s = 0.9
+    st, s = pm.predicted_crossover("k", "csr", *FC8, 1, tiny_llc, row_cov=0.0)
+    assert st == "cross" and s == pytest.approx(0.9, abs=1e-6)
+    # fc6 streams both weights: the LLC's share cancels, 8 nnz + 4 * 4097 = 4 * 4096 * 25088 either way
+    nnz = (411041792 - 4 * 4097) / 8
+    for prof in (before, tiny_llc):
+        st, s = pm.predicted_crossover("k", "csr", *FC6, 1, prof, row_cov=0.0)
+        assert st == "cross" and s == pytest.approx(1 - nnz / (4096 * 25088), abs=1e-6)
+
+
+def test_x_panel_beyond_l2_slows_fc6_not_fc7(tiny_llc):
+    panelled = MachineProfile(**{**tiny_llc.to_dict(), "x_panel_bytes": {"p": 384 * 1024}})
+    before = pm.without_residual_terms(panelled)
+    # fc6: 384 KiB / (4 * 25088) = 3 columns < 32, so the panel is 32 columns: 4 * 25088 * 32 = 3211264 bytes, 49/16
+    # of the 1 MiB L2: a share 33/49 of the X reads (128 bytes per nonzero) comes from the LLC at 50 GB/s
+    assert pm.panel_columns(25088, 32, 384 * 1024) == 32 and pm.panel_columns(768, 4096, 384 * 1024) == 128
+    nnz = 0.1 * 4096 * 25088
+    assert pm.x_llc_bytes(25088, 32, nnz, 384 * 1024, 1024 ** 2) == pytest.approx(33 / 49 * nnz * 128)
+    flops = 2 * nnz * 32 / (1e11 * 0.1)  # 65.77 ms, above the memory time (compute-bound)
+    llc = 33 / 49 * nnz * 128 / 50e9  # 17.72 ms
+    assert pm.sparse_time_s("p", "csr", *FC6, 32, nnz, 0.0, panelled) == pytest.approx(flops + llc)
+    assert pm.sparse_time_s("p", "csr", *FC6, 32, nnz, 0.0, before) == pytest.approx(flops)
+    # fc7: a 4 * 4096 * 32 = 512 KiB panel fits in L2: no LLC reads; a kernel without panels is not affected
+    assert pm.x_llc_bytes(4096, 32, 1e6, 384 * 1024, 1024 ** 2) == 0.0
+    nnz7 = 0.1 * 4096 * 4096
+    assert pm.sparse_time_s("p", "csr", *FC7, 32, nnz7, 0.0, panelled) == pytest.approx(2 * nnz7 * 32 / 1e10)
+    # crossovers at batch 32 (dense FLOP-bound, e_d = 1): before one value for both, 0.9; after fc6 moves to
+    # 1 - 0.1 * 6.4 / (6.4 + 33/49 * 128 / 50) ns per nonzero = 0.921222, fc7 stays at 0.9
+    s6b = pm.predicted_crossover("p", "csr", *FC6, 32, before, row_cov=0.0)[1]
+    s7b = pm.predicted_crossover("p", "csr", *FC7, 32, before, row_cov=0.0)[1]
+    assert s6b == pytest.approx(0.9, abs=1e-6) and s7b == pytest.approx(0.9, abs=1e-6)
+    s6 = pm.predicted_crossover("p", "csr", *FC6, 32, panelled, row_cov=0.0)[1]
+    s7 = pm.predicted_crossover("p", "csr", *FC7, 32, panelled, row_cov=0.0)[1]
+    assert s6 == pytest.approx(1 - 0.64 / (6.4 + 33 / 49 * 128 / 50), abs=1e-6)
+    assert s7 == pytest.approx(0.9, abs=1e-6)
+    # an unknown L2 or LLC bandwidth (0) switches the term off
+    unknown = MachineProfile(**{**panelled.to_dict(), "llc_bw_gbs": 0.0})
+    assert pm.sparse_time_s("p", "csr", *FC6, 32, nnz, 0.0, unknown) == pytest.approx(flops)
+
+
+def test_without_residual_terms_restores_the_v7_gather_penalty(tiny_llc):
+    prof = MachineProfile(**{**tiny_llc.to_dict(), "gather_penalty": {"default": 1.0, "k": 0.9},
+                             "meta": {"gather_penalty_half": {"k": 1.13}}})
+    old = pm.without_residual_terms(prof)
+    assert old.gather("k", "csr") == 1.13 and prof.gather("k", "csr") == 0.9 and old.terms == []
+    with pytest.raises(ValueError, match="terms"):
+        MachineProfile(**{**tiny_llc.to_dict(), "terms": ["bogus"]})
+    with pytest.raises(ValueError, match="l2_bytes"):
+        MachineProfile(**{**tiny_llc.to_dict(), "l2_bytes": -1.0})
+
+
+def test_gather_sparsity_is_the_byte_parity_point():
+    from spruce.perf.calibration import gather_sparsity
+
+    # spruce_csr: 6 bytes per nonzero (+ row pointers) = 4 bytes per dense element at s ~ 1/3
+    assert gather_sparsity("spruce_csr", "csr", 4096, 8192) == pytest.approx(1 / 3, abs=1e-3)
+    assert gather_sparsity("torch_csr", "csr", 4096, 8192) == pytest.approx(0.5, abs=1e-3)
+    assert gather_sparsity("torch_coo", "coo", 4096, 8192) == pytest.approx(0.8, abs=1e-3)  # 20 bytes per nonzero

@@ -185,3 +185,42 @@ def test_failing_kernel_is_recorded_not_timed(tmp_path, monkeypatch):
     by = {r["kernel"]: r for r in rows}
     assert by["test_broken_csr"]["status"] == "wrong" and by["test_broken_csr"]["time_ms"] == ""
     assert by["torch_csr"]["status"] == "ok" and by["torch_csr"]["time_ms"] > 0
+
+
+# ---- the model against the band of several runs ----------------------------------------------------------------
+def _xrow(shape, status, value=None, edge=None, kernel="best sparse"):
+    label = f"{value:.2f}" if status == "cross" else (f"<={edge:.2f}" if status == "always" else f">{edge:.2f}")
+    return {"shape": shape, "kernel": kernel, "measured_status": status, "measured": value, "measured_label": label}
+
+
+def test_band_hits_on_hand_made_tables():
+    from spruce.study.analysis import band_hits
+
+    runs = [[_xrow("a", "cross", 0.60), _xrow("b", "always", edge=0.30), _xrow("c", "cross", 0.70),
+             _xrow("d", "never", edge=0.98), _xrow("a", "cross", 0.10, kernel="spruce_csr")],
+            [_xrow("a", "cross", 0.66), _xrow("b", "always", edge=0.30), _xrow("c", "cross", 0.72),
+             _xrow("d", "cross", 0.97)],
+            [_xrow("a", "cross", 0.63), _xrow("b", "cross", 0.32), _xrow("c", "cross", 0.71)]]
+    preds = {"a": ("cross", 0.675), "b": ("cross", 0.355), "c": ("cross", 0.69), "d": ("never", None)}
+    res = band_hits(runs, preds)
+    by = {r["shape"]: r for r in res["rows"]}
+    # a: band [0.60, 0.66] +- 0.02 = [0.58, 0.68]; 0.675 inside
+    assert (by["a"]["band_lo"], by["a"]["band_hi"]) == pytest.approx((0.58, 0.68)) and by["a"]["hit"]
+    # b: [0, 0.30] u {0.32} -> [0, 0.34]: 0.355 is outside
+    assert by["b"]["band_hi"] == pytest.approx(0.34) and not by["b"]["hit"]
+    # c: [0.70, 0.72] -> [0.68, 0.74]: 0.69 inside
+    assert by["c"]["hit"]
+    # d is in two runs only: left out by default (needs all three)
+    assert "d" not in by and (res["hits"], res["total"]) == (2, 3) and res["rate"] == pytest.approx(2 / 3)
+    # with min_runs=2 it counts: [0.97, 1] (never = 1) holds a predicted never
+    res2 = band_hits(runs, preds, min_runs=2)
+    assert {r["shape"]: r["hit"] for r in res2["rows"]}["d"] and res2["total"] == 4
+    # widen=0: a's 0.675 is out of [0.60, 0.66]; 'always' predicted counts as 0, inside b's band
+    assert not {r["shape"]: r["hit"] for r in band_hits(runs, preds, widen=0.0)["rows"]}["a"]
+    assert {r["shape"]: r["hit"] for r in band_hits(runs, {**preds, "b": ("always", 0.0)})["rows"]}["b"]
+    # a shape without a prediction is a miss; another kernel's rows are judged separately
+    assert not {r["shape"]: r["hit"] for r in band_hits(runs, {})["rows"]}["c"]
+    one = band_hits(runs, {"a": ("cross", 0.12)}, kernel="spruce_csr", min_runs=1)
+    assert (one["hits"], one["total"]) == (1, 1)
+    with pytest.raises(ValueError, match="widen"):
+        band_hits(runs, preds, widen=-0.01)

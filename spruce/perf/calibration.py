@@ -4,7 +4,8 @@ Measurements (FP32, ``torch.get_num_threads()`` threads):
 
 * peak dense GFLOP/s: ``torch.mm`` of two 768 x 768 matrices (``2 n^3`` FLOPs over the fastest of 10 calls);
 * bandwidth: STREAM-like ``x.sum()`` over a 96 MB tensor (3x the LLC; read bandwidth, what SpMM mostly does),
-  with a copy (read + write) recorded beside it;
+  with a copy (read + write) recorded beside it; the same sum over a quarter of the LLC (larger than the L2s,
+  resident in the LLC) gives the LLC read bandwidth (``llc_bw_gbs``), and sysfs the per-core L2 (``l2_bytes``);
 
 Every measurement keeps the fastest call: on a shared machine a short call that ran undisturbed is the machine's
 speed, a long one is an average over other people's time slices.
@@ -18,8 +19,9 @@ speed, a long one is an average over other people's time slices.
     is swept ``CALIBRATION_PASSES`` times and each point keeps its median, so minutes-long drift of a shared
     machine does not bend the table's shape;
   - gather penalty: ``GATHER_SHAPE`` (weight bigger than the cache, N = 1, memory-bound): the dense GEMV's
-    ``t / (bytes / bw)``; a sparse kernel's at ``GATHER_SPARSITY`` from paired dense/sparse rounds
-    (``calibrate_kernel``);
+    ``t / (bytes / bw)``; a sparse kernel's at its byte-parity sparsity (``gather_sparsity``: packed bytes = dense
+    bytes, where its batch-1 crossover lies) from paired dense/sparse rounds, the median of
+    ``CALIBRATION_PASSES`` (``calibrate_kernel``); the v7 point (50%) is kept in ``meta["gather_penalty_half"]``;
   - conversion: ``prepare`` of 1024 x 2048 at 50% and 95%, solved for ``a M K + b nnz``.
 
 The cache key is the CPU model, the thread count, the torch version and ``CALIBRATION_VERSION``; kernels
@@ -39,7 +41,7 @@ import torch
 from spruce.perf.allocator import steady_allocator
 from spruce import io
 from spruce.perf import model as perf_model
-from spruce.perf.machine import cache_dir, cpu_model, llc_bytes
+from spruce.perf.machine import cache_dir, cpu_model, l2_bytes, llc_bytes
 from spruce.perf.matrices import synthetic_weight
 from spruce.perf.profile import MachineProfile, read_efficiency
 from spruce.perf.timing import time_call, time_pair
@@ -49,8 +51,9 @@ from spruce.perf.timing import time_call, time_pair
 #: (2: efficiency tables gained the K axis; 3: a density point at 0.3, where most crossovers lie; 4: tables
 #: are the median of interleaved passes; 5: a fixed glibc mmap threshold, ``steady_allocator``;
 #: 6: the sparse gather penalty measured at 50%, in DRAM; 7: the CPU kernels rewritten: AVX-512 path, native
-#: nn.Linear kernel, register-blocked direct convolution).
-CALIBRATION_VERSION = 7
+#: nn.Linear kernel, register-blocked direct convolution; 8: LLC bandwidth and L2 size for the model's residual
+#: terms, the gather penalty at each kernel's byte-parity sparsity, median of passes).
+CALIBRATION_VERSION = 8
 
 
 def profile_path(threads: int | None = None) -> Path:
@@ -83,6 +86,14 @@ def measure_bandwidth_gbs(mbytes: int = 96, repeats: int = 10) -> tuple[float, f
     return 4.0 * n / t_sum / 1e9, 8.0 * n / t_copy / 1e9
 
 
+def measure_llc_bandwidth_gbs(nbytes: float, repeats: int = 50) -> float:
+    """Read GB/s of ``x.sum()`` over ``nbytes`` of FP32 that stay in the LLC between calls (fastest call)."""
+    n = max(int(nbytes) // 4, 1024)
+    x = torch.rand(n)
+    t, _ = time_call(lambda: x.sum(), repeats=repeats, budget_s=0.5, warmup=3, stat="min")
+    return 4.0 * n / t / 1e9
+
+
 def _packed_bytes(kernel, packed, fmt: str, m: int, k: int, nnz: int) -> float:
     try:
         return float(kernel.weight_bytes(packed))
@@ -108,10 +119,29 @@ CALIBRATION_PASSES = 3
 PASS_BUDGET_S = 0.35
 #: the memory-bound calibration matrix (N = 1): 128 MB dense, 2.5x the LLC
 GATHER_SHAPE = (4096, 8192)
-#: the sparsity of the sparse gather measurement: 50%, where batch-1 crossovers lie, so the packed weight streams
-#: from DRAM; at 90% it partly stays in the last-level cache between calls and the measured ratio drifts from
-#: one calibration to the next (numbers: docs/measured/perf-notes.md).
+#: the sparsity of the v7 sparse gather measurement (50%), kept beside the v8 one in ``meta["gather_penalty_half"]``
+#: so the model before issue 17 can be rebuilt from a v8 profile; at 90% the packed weight partly stays in the
+#: last-level cache between calls and the measured ratio drifts from one calibration to the next (numbers:
+#: docs/measured/perf-notes.md).
 GATHER_SPARSITY = 0.5
+#: bounds of the byte-parity sparsity ``gather_sparsity`` measures at
+GATHER_SPARSITY_RANGE = (0.2, 0.9)
+#: time budget of one paired dense/sparse gather measurement (``CALIBRATION_PASSES`` of them per sparsity)
+GATHER_BUDGET_S = 0.8
+
+
+def gather_sparsity(kernel_name: str, fmt: str, m: int, k: int) -> float:
+    """Where a kernel's gather penalty is measured: the sparsity at which its packed weight has the dense weight's
+    bytes (``model.memory_crossover``; spruce_csr with 2-byte indices: 1/3, torch_csr: 1/2), clamped to
+    ``GATHER_SPARSITY_RANGE``. A batch-1 call is memory-bound, so its crossover lies where ``g_s bytes_s = g_d
+    bytes_d``, next to that parity point: measuring there calibrates the ratio the crossover depends on at the
+    density it is decided at (v7 measured every kernel at 50%)."""
+    st, s = perf_model.memory_crossover(fmt, m, k, perf_model.index_bytes_for(kernel_name, fmt),
+                                        perf_model.block_for(kernel_name, fmt))
+    lo, hi = GATHER_SPARSITY_RANGE
+    if st == "never" or s is None:
+        return hi
+    return min(max(s, lo), hi)
 
 
 def _passes(points: list, measure, passes: int) -> list[float]:
@@ -214,18 +244,22 @@ def calibrate_kernel(kernel, peak_gflops: float, bw_gbs: float, cache_bytes: flo
         raise ValueError(f"calibrating {name} needs the dense kernel and its efficiency table")
     out["eff"] = {"by_k": _sparse_tables(kernel, dense_kernel, dense_eff)}
     # gather penalty: memory-bound (N = 1), weight bigger than the cache, paired with the dense GEMV on the same
-    # matrix: g_s = g_d * (t_s / t_d) * (bytes_d / bytes_s)
+    # matrix: g_s = g_d * (t_s / t_d) * (bytes_d / bytes_s), the median over passes; at the byte-parity sparsity
+    # (the v8 value) and at 50% (v7's, kept for the model before issue 17)
     m, k = GATHER_SHAPE
-    w = synthetic_weight("uniform", m, k, GATHER_SPARSITY, seed=3)
-    nnz = int((w != 0).sum())
-    p = kernel.prepare(w)
-    x = torch.randn(k, 1)
-    kernel.matmul(p, x)
-    tp = time_pair(lambda: dense_kernel.matmul(w, x), lambda: kernel.matmul(p, x), repeats=9, budget_s=1.5)
-    byts = _packed_bytes(kernel, p, fmt, m, k, nnz) + 4.0 * (k + m)
     g_dense = dense_gather if dense_gather else 1.0
-    out["gather_penalty"] = g_dense * perf_model.dense_bytes(m, k, 1) / byts / tp["ratio_min"]
-    del p, w
+    for key, sp in (("gather_penalty", gather_sparsity(name, fmt, m, k)), ("gather_penalty_half", GATHER_SPARSITY)):
+        w = synthetic_weight("uniform", m, k, sp, seed=3)
+        nnz = int((w != 0).sum())
+        p = kernel.prepare(w)
+        x = torch.randn(k, 1)
+        kernel.matmul(p, x)
+        byts = _packed_bytes(kernel, p, fmt, m, k, nnz) + 4.0 * (k + m)
+        ratios = [time_pair(lambda: dense_kernel.matmul(w, x), lambda: kernel.matmul(p, x), repeats=9,
+                            budget_s=GATHER_BUDGET_S)["ratio_min"] for _ in range(CALIBRATION_PASSES)]
+        out[key] = g_dense * perf_model.dense_bytes(m, k, 1) / byts / statistics.median(ratios)
+        out[key + "_sparsity"] = sp
+        del p, w
     # conversion: two sparsities, solve t = a*MK + b*nnz
     m, k = 1024, 2048
     pts = []
@@ -250,10 +284,11 @@ def calibrate(kernels: Iterable, base: MachineProfile | None = None, progress: b
     if base is None:
         peak = measure_peak_gflops()
         bw_read, bw_copy = measure_bandwidth_gbs()
+        llc = llc_bytes()
         base = MachineProfile(
             name=f"cpu:{cpu_model()}/{torch.get_num_threads()}t", peak_gflops=peak, bw_gbs=bw_read,
-            cache_bytes=llc_bytes(), threads=torch.get_num_threads(), overhead_us={}, sparse_eff={},
-            gather_penalty={}, convert_ns={},
+            cache_bytes=llc, threads=torch.get_num_threads(), overhead_us={}, sparse_eff={},
+            gather_penalty={}, convert_ns={}, l2_bytes=l2_bytes(), llc_bw_gbs=measure_llc_bandwidth_gbs(llc / 4),
             meta={"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "bw_copy_gbs": bw_copy, "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     kernels = list(kernels)
@@ -282,6 +317,8 @@ def calibrate(kernels: Iterable, base: MachineProfile | None = None, progress: b
             continue
         base.sparse_eff[kn.name] = r["eff"]
         base.gather_penalty[kn.name] = r["gather_penalty"]
+        base.meta.setdefault("gather_penalty_half", {})[kn.name] = r["gather_penalty_half"]
+        base.meta.setdefault("gather_sparsity", {})[kn.name] = r["gather_penalty_sparsity"]
         base.convert_ns[kn.name] = [r["convert_a_ns"], r["convert_b_ns"]]
     return base
 

@@ -33,6 +33,26 @@ def llc_bytes() -> float:
     return float(best or 32 * 1024 ** 2)
 
 
+def l2_bytes() -> float:
+    """Per-core level-2 cache size in bytes from sysfs (``index*/level`` = 2, unified or data), 0 when sysfs does not
+    say (the model's L2 term is then off)."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for idx in sorted(base.glob("index*")) if base.exists() else []:
+        try:
+            level = (idx / "level").read_text().strip()
+            kind = (idx / "type").read_text().strip()
+            txt = (idx / "size").read_text().strip()
+        except OSError:
+            continue
+        if level != "2" or kind == "Instruction":
+            continue
+        mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(txt[-1:], 1)
+        num = txt[:-1] if txt[-1:] in "KMG" else txt
+        if num.isdigit():
+            return float(int(num) * mult)
+    return 0.0
+
+
 def cache_dir() -> Path:
     """``$SPRUCE_CACHE`` or ``~/.cache/spruce``."""
     return Path(os.environ.get("SPRUCE_CACHE", Path.home() / ".cache" / "spruce"))

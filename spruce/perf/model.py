@@ -137,6 +137,48 @@ def dense_bytes(m: int, k: int, n: int, elem_bytes: float = FP32) -> float:
     return elem_bytes * (m * k + k * n + m * n)
 
 
+def streamed_fraction(nbytes: float, cache_bytes: float) -> float:
+    """Share of ``nbytes`` of data used on every call (a weight) that comes from memory on each call: 0 when it fits
+    in the cache, else ``1 - C / bytes`` (the share beyond the cache, the same rule as the re-read factor's)."""
+    if nbytes <= cache_bytes:
+        return 0.0
+    return 1.0 - cache_bytes / nbytes
+
+
+def weight_traffic(nbytes: float, profile: MachineProfile) -> float:
+    """Weight bytes a call streams from memory: all of them, or with the ``weight_residency`` term only the share
+    beyond the LLC (``streamed_fraction``): a weight that fits stays in the LLC between calls."""
+    if profile.has_term("weight_residency"):
+        return nbytes * streamed_fraction(nbytes, profile.cache_bytes)
+    return nbytes
+
+
+#: the narrowest X panel a panelled kernel cuts: spruce_csr's ``panel_width`` (csr_spmm.h) takes as many columns as
+#: fit its panel budget and 32 when fewer would (large K), so at K > budget / 128 the panel outgrows the budget
+MIN_PANEL_COLUMNS = 32
+
+
+def panel_columns(k: int, n: int, panel_bytes: float) -> int:
+    """Columns of X in one panel of a panelled kernel: ``min(N, max(32, budget / (4 K)))``."""
+    return int(min(n, max(MIN_PANEL_COLUMNS, panel_bytes // (FP32 * k))))
+
+
+def x_llc_bytes(k: int, n: int, x_row_reads: float, panel_bytes: float, l2_bytes: float) -> float:
+    """Bytes of X a panelled kernel reads from the LLC instead of L2 (``x_panel_l2`` term).
+
+    Each of the ``x_row_reads`` stored columns (CSR: nnz; BSR: blocks x block width) reads its row of the panel,
+    ``4 N`` bytes over all panels. The efficiency tables were measured with panels that fit in L2 (K <= 4096);
+    a panel of ``4 K cols`` bytes larger than the per-core L2 leaves the share ``1 - L2 / panel`` of those reads to
+    the LLC (fc6 of VGG-16 at batch 32: K = 25088, a 3.2 MB panel against a 1 MB L2).
+    """
+    if l2_bytes <= 0 or n <= 1:
+        return 0.0
+    panel = FP32 * k * panel_columns(k, n, panel_bytes)
+    if panel <= l2_bytes:
+        return 0.0
+    return (1.0 - l2_bytes / panel) * x_row_reads * FP32 * n
+
+
 def dense_time_s(m: int, k: int, n: int, profile: MachineProfile, kernel: str = "torch_dense",
                  path: str | None = None) -> float:
     """``max(2 M K N / P, bytes / B) + overhead``; ``path`` picks one of ``profile.dense_paths``."""
@@ -148,15 +190,20 @@ def dense_time_s(m: int, k: int, n: int, profile: MachineProfile, kernel: str = 
         gflops, elem = profile.dense_paths[path]
     eff = profile.dense_efficiency(n, k) if path in (None, "fp32") else 1.0
     compute = 2.0 * m * k * n / (gflops * 1e9 * eff)
-    memory = profile.gather(kernel, "dense") * dense_bytes(m, k, n, elem) / (profile.bw_gbs * 1e9)
+    moved = weight_traffic(elem * m * k, profile) + elem * (k * n + m * n)
+    memory = profile.gather(kernel, "dense") * moved / (profile.bw_gbs * 1e9)
     return max(compute, memory) + profile.overhead_s(kernel, "dense")
 
 
 def sparse_bytes(fmt: str, m: int, k: int, n: int, nnz: float, cache_bytes: float, index_bytes: int = 4,
-                 block=16, nblocks: float | None = None, panelled: bool = False) -> float:
+                 block=16, nblocks: float | None = None, panelled: bool = False,
+                 weight_resident: bool = False) -> float:
     """Bytes a sparse call moves: packed weight + ``4 K N R`` activations + ``4 M N`` output (``R = 1`` for a
-    ``panelled`` kernel, which keeps a panel of X in cache while every row passes over it)."""
+    ``panelled`` kernel, which keeps a panel of X in cache while every row passes over it). With
+    ``weight_resident`` only the weight's share beyond ``cache_bytes`` counts (``streamed_fraction``)."""
     wb = weight_bytes(fmt, m, k, nnz, index_bytes, block, nblocks)
+    if weight_resident:
+        wb *= streamed_fraction(wb, cache_bytes)
     r = 1.0 if panelled else reread_factor(m, k, n, nnz, cache_bytes)
     return wb + FP32 * k * n * r + FP32 * m * n
 
@@ -175,14 +222,30 @@ def sparse_time_s(kernel: str, fmt: str, m: int, k: int, n: int, nnz: float, row
     if fmt == "bsr":
         bh, bw = _hw(b)
         nb = expected_blocks(m, k, nnz, b) if nblocks is None else nblocks
-        flops, rows = 2.0 * nb * bh * bw * n, math.ceil(m / bh)
+        flops, rows, x_reads = 2.0 * nb * bh * bw * n, math.ceil(m / bh), nb * bw
     else:
-        nb, flops, rows = None, 2.0 * nnz * n, m
+        nb, flops, rows, x_reads = None, 2.0 * nnz * n, m, nnz
     compute = flops / (profile.peak_gflops * 1e9 * profile.eff(kernel, fmt, n, nnz / (m * k), k))
-    panelled = bool(profile.x_panel_bytes.get(kernel))
-    memory = profile.gather(kernel, fmt) * sparse_bytes(fmt, m, k, n, nnz, profile.cache_bytes, ib, b, nb,
-                                                        panelled) / (profile.bw_gbs * 1e9)
-    return max(compute, memory) * imbalance(row_cov, profile.threads, rows) + profile.overhead_s(kernel, fmt)
+    panel = float(profile.x_panel_bytes.get(kernel) or 0.0)
+    memory = profile.gather(kernel, fmt) * sparse_bytes(
+        fmt, m, k, n, nnz, profile.cache_bytes, ib, b, nb, panel > 0,
+        profile.has_term("weight_residency")) / (profile.bw_gbs * 1e9)
+    llc = 0.0
+    if panel > 0 and profile.has_term("x_panel_l2") and profile.llc_bw_gbs > 0:
+        llc = x_llc_bytes(k, n, x_reads, panel, profile.l2_bytes) / (profile.llc_bw_gbs * 1e9)
+    return (max(compute, memory) + llc) * imbalance(row_cov, profile.threads, rows) + profile.overhead_s(kernel, fmt)
+
+
+def without_residual_terms(profile: MachineProfile) -> MachineProfile:
+    """``profile`` with the residual terms of issue 17 off (``terms=[]``) and, where calibration recorded it
+    (``meta["gather_penalty_half"]``), the gather penalty measured at 50% sparsity as calibration v7 did: the model
+    as it was before, on the same measurements (``python -m spruce.study action=band`` compares both)."""
+    d = profile.to_dict()
+    d["terms"] = []
+    old = (profile.meta or {}).get("gather_penalty_half")
+    if old:
+        d["gather_penalty"] = {**d["gather_penalty"], **old}
+    return MachineProfile.from_dict(d)
 
 
 def predict_ms(kernel_name: str, fmt: str, m: int, k: int, n: int, nnz: float, row_cov: float | None,

@@ -60,6 +60,10 @@ def read_efficiency(value: Any, n: int | None, density: float | None = None, k: 
     return interp_log_n(value, n)
 
 
+#: the model's residual terms (issue 17), each switched on per profile (``MachineProfile.terms``)
+RESIDUAL_TERMS = ("weight_residency", "x_panel_l2")
+
+
 @dataclass
 class MachineProfile:
     """Machine constants of the roofline model.
@@ -86,6 +90,12 @@ class MachineProfile:
         convert_ns: one-off conversion (``prepare``) cost per kernel as ``[ns per dense element, ns per nnz]``.
         x_panel_bytes: per kernel that cuts N into cache-resident panels of X (``Kernel.x_panel_bytes``), the
             panel size; such a kernel reads X from memory once (re-read factor 1) however large X is.
+        l2_bytes: per-core level-2 cache in bytes (0: unknown, the ``x_panel_l2`` term is off).
+        llc_bw_gbs: read bandwidth from the last-level cache, GB/s (a STREAM-like sum over a buffer larger than
+            the L2s and smaller than the LLC; 0: unknown, the ``x_panel_l2`` term is off).
+        terms: the residual terms of the model in use (``RESIDUAL_TERMS``; issue 17): ``"weight_residency"`` (a
+            weight that fits in the LLC is not streamed from memory on every call) and ``"x_panel_l2"`` (a
+            panelled kernel whose X panel does not fit in L2 reads X from the LLC); ``[]`` is the model before.
         dense_paths: alternative dense paths ``{name: [GFLOP/s, bytes per element]}`` (GPU: FP32 SIMT, TF32 and
             BF16 tensor cores). ``"fp32"`` is the path ``peak_gflops`` describes.
         meta: where the numbers came from (CPU model, torch version, raw measurements, citations).
@@ -103,6 +113,9 @@ class MachineProfile:
     convert_ns: dict[str, list[float]] = field(default_factory=lambda: {"default": [1.0, 10.0]})
     dense_paths: dict[str, list[float]] = field(default_factory=dict)
     x_panel_bytes: dict[str, float] = field(default_factory=dict)
+    l2_bytes: float = 0.0
+    llc_bw_gbs: float = 0.0
+    terms: list[str] = field(default_factory=lambda: list(RESIDUAL_TERMS))
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,6 +123,16 @@ class MachineProfile:
                         ("cache_bytes", self.cache_bytes), ("threads", self.threads)):
             if not v > 0:
                 raise ValueError(f"MachineProfile.{what} must be > 0, got {v!r}")
+        for what, v in (("l2_bytes", self.l2_bytes), ("llc_bw_gbs", self.llc_bw_gbs)):
+            if not v >= 0:
+                raise ValueError(f"MachineProfile.{what} must be >= 0 (0: unknown), got {v!r}")
+        bad = [t for t in self.terms if t not in RESIDUAL_TERMS]
+        if bad:
+            raise ValueError(f"MachineProfile.terms {bad} unknown; allowed: {', '.join(RESIDUAL_TERMS)}")
+
+    def has_term(self, term: str) -> bool:
+        """Whether the residual ``term`` (``RESIDUAL_TERMS``) is on for predictions with this profile."""
+        return term in self.terms
 
     @staticmethod
     def _lookup(table: dict[str, Any], kernel: str, fmt: str, default: Any) -> Any:
@@ -176,5 +199,8 @@ def h100_profile() -> MachineProfile:
         gather_penalty={"default": 1.0},
         convert_ns={"default": [0.01, 0.05]},
         dense_paths={"fp32": [67_000.0, 4.0], "tf32_tc": [495_000.0, 4.0], "bf16_tc": [989_000.0, 2.0]},
+        # the residual terms are CPU cache effects measured on a calibrated machine; the data-sheet model stays
+        # the plain roofline (every weight streamed from HBM)
+        terms=[],
         meta={"source": "NVIDIA H100 datasheet (SXM5); sparse constants assumed (Gale et al. SC20)"},
     )

@@ -1,8 +1,9 @@
 """``python -m spruce.study [model=vgg16] [quick=true] [source=dlmc] ...``: run the study, print the report dir.
 
 One Hydra CLI over ``conf/study.yaml`` (the keys of ``conf/study/default.yaml`` at top level), plus
-``action=rerender dir=<report>`` and ``action=merge dirs=[...] out=<new dir>``. Calibration alone is
-``python -m spruce.perf``. Bad input prints one ``error: ...`` line and exits with status 2.
+``action=rerender dir=<report>``, ``action=merge dirs=[...] out=<new dir>`` and ``action=band dirs=[<run>,...]
+out=<dir> [min_runs=3]`` (the model against the spread of several runs' crossovers, ``spruce.study.bands``).
+Calibration alone is ``python -m spruce.perf``. Bad input prints one ``error: ...`` line and exits with status 2.
 """
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-ACTIONS = ("run", "rerender", "merge")
+ACTIONS = ("run", "rerender", "merge", "band")
 
 
 def run(cfg: dict) -> str:
     """Do what ``cfg["action"]`` says; returns the report dir. ValueError on bad input."""
     action = cfg.pop("action", "run")
-    report_dir, dirs = cfg.pop("dir", None), cfg.pop("dirs", None)
+    report_dir, dirs, min_runs = cfg.pop("dir", None), cfg.pop("dirs", None), cfg.pop("min_runs", 3)
     if action == "rerender":
         from spruce.study.study import rerender
         if not report_dir:
@@ -28,6 +29,11 @@ def run(cfg: dict) -> str:
         if not dirs or not cfg.get("out"):
             raise ValueError("action=merge needs dirs=[<report>,...] and out=<new report dir>")
         return str(merge_reports(list(dirs), cfg["out"]))
+    if action == "band":
+        from spruce.study.bands import band_command
+        if not dirs or not cfg.get("out"):
+            raise ValueError("action=band needs dirs=[<run>,...] (study run folders) and out=<dir for band.md/csv/png>")
+        return str(band_command(list(dirs), cfg["out"], min_runs))
     if action != "run":
         raise ValueError(f"action={action!r} is not allowed; allowed: {', '.join(ACTIONS)}")
     from spruce.study import run_study

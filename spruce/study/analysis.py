@@ -120,7 +120,7 @@ def _xrow(r0, key, kernel, meas: Crossover, pst, pval, npts) -> dict[str, Any]:
     return dict(shape=key, model=r0["model"], layer=r0["layer"], m=int(r0["m"]), k=int(r0["k"]), n=int(r0["n"]),
                 source=r0["source"], kind=r0["kind"], kernel=kernel, points=npts,
                 measured_status=meas.status, measured=meas.sparsity, measured_label=meas.label(),
-                predicted_status=pst, predicted=pval,
+                measured_lo=meas.interval()[0], measured_hi=meas.interval()[1], predicted_status=pst, predicted=pval,
                 predicted_label=("never" if pst == "never" else f"{pval:.2f}"),
                 within_5=within(meas, pst, pval, 0.05))
 
@@ -253,3 +253,77 @@ def time_error(rows: list[dict[str, Any]]) -> dict[str, float]:
     errs.sort()
     return {"median_ratio": math.exp(statistics.median(errs)),
             "p90_ratio": math.exp(errs[min(len(errs) - 1, int(0.9 * len(errs)))]), "points": len(errs)}
+
+
+# ---- the model against the measurement's own spread (several back-to-back runs) ----------------------------------
+#: points (sparsity units) the min-max band of the measured crossovers is widened by on each side
+BAND_WIDEN = 0.02
+
+
+def _as_point(status: str, value: float | None) -> float:
+    """A predicted crossover as one sparsity: ``always`` is 0, ``never`` is 1 (as ``crossover.within``)."""
+    if status == "never" or value is None:
+        return 1.0
+    return 0.0 if status == "always" else float(value)
+
+
+def measured_interval(row: dict[str, Any]) -> tuple[float, float]:
+    """Where a crossover-table row's measured crossover lies: a point for ``cross``, ``[0, s_min]`` for
+    ``always`` and ``[s_max, 1]`` for ``never`` (``measured_lo``/``measured_hi`` when the row has them, else the
+    value of ``measured`` or the number in ``measured_label``, ``<=0.30`` / ``>0.98``)."""
+    st = row["measured_status"]
+    lo, hi = as_float(row.get("measured_lo")), as_float(row.get("measured_hi"))
+    if lo == lo and hi == hi:
+        return lo, hi
+    if st == "cross":
+        v = as_float(row["measured"])
+        return v, v
+    edge = float(str(row["measured_label"]).lstrip("<=>"))
+    if st == "always":
+        return 0.0, edge
+    if st == "never":
+        return edge, 1.0
+    raise ValueError(f"measured_status={st!r} is not allowed; allowed: cross, always, never")
+
+
+def band_hits(runs: list[list[dict[str, Any]]], predictions: dict[str, tuple[str, float | None]],
+              kernel: str = BEST, widen: float = BAND_WIDEN, min_runs: int | None = None) -> dict[str, Any]:
+    """The model judged against the spread of several runs' measured crossovers.
+
+    ``runs``: one crossover table per run (rows of ``crossover_table`` / ``crossovers.csv``: ``shape``,
+    ``kernel``, ``measured_status``, ``measured`` and ``measured_label`` or ``measured_lo``/``measured_hi``);
+    ``predictions``: ``{shape: (status, sparsity)}`` (status ``cross``/``always``/``never``). For every shape of
+    ``kernel`` measured in at least ``min_runs`` runs (default: all of them), the band is the min-max of its
+    measured crossovers (an ``always``/``never`` run contributes its interval, ``[0, s_min]`` / ``[s_max, 1]``),
+    widened by ``widen`` on each side; the shape counts as predicted when the prediction (``always`` = 0,
+    ``never`` = 1) lies inside. Returns ``{"rows": [...], "hits", "total", "rate"}``; a shape without a
+    prediction is a miss.
+    """
+    if len(runs) < 1:
+        raise ValueError("band_hits needs at least one run's crossover table")
+    if not widen >= 0:
+        raise ValueError(f"widen={widen!r} must be >= 0")
+    need = len(runs) if min_runs is None else int(min_runs)
+    per_shape: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    for i, table in enumerate(runs):
+        for r in table:
+            if r["kernel"] == kernel:
+                per_shape[r["shape"]].append((i, r))
+    out = []
+    for shape in sorted(per_shape):
+        found = per_shape[shape]
+        if len({i for i, _ in found}) < need:
+            continue
+        ivs = [measured_interval(r) for _, r in found]
+        lo, hi = min(a for a, _ in ivs), max(b for _, b in ivs)
+        pst, pval = predictions.get(shape, ("missing", None))
+        p = None if pst == "missing" else _as_point(pst, pval)
+        hit = p is not None and lo - widen - 1e-9 <= p <= hi + widen + 1e-9
+        out.append(dict(shape=shape, kernel=kernel, runs=len(found),
+                        measured=" / ".join(str(r.get("measured_label") or f"{as_float(r['measured']):.2f}")
+                                            for _, r in found),
+                        band_lo=max(lo - widen, 0.0), band_hi=min(hi + widen, 1.0), measured_min=lo, measured_max=hi,
+                        predicted_status=pst, predicted=p,
+                        predicted_label=("-" if p is None else "never" if pst == "never" else f"{p:.2f}"), hit=hit))
+    hits = sum(r["hit"] for r in out)
+    return {"rows": out, "hits": hits, "total": len(out), "rate": hits / len(out) if out else math.nan}

@@ -264,3 +264,77 @@ def build_report(rows: list[dict[str, Any]], out: Path, profile: MachineProfile,
     md = _markdown_head(t, rows, profile, notes, command) + _markdown_sections(t)
     io.atomic_write(out / "report.md", "\n".join(md))
     return summary
+
+
+# ---- the model against the band of several runs (python -m spruce.study action=band) ----------------------------
+BAND_FILES = ("band.md", "band.csv", "band.png")
+
+
+def _band_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (kernel, shape): the runs' measured crossovers, the band, and each variant's prediction/hit."""
+    out = []
+    for kernel, res in result["kernels"].items():
+        before = {r["shape"]: r for r in res["before"]["rows"]}
+        for r in res["after"]["rows"]:
+            b = before.get(r["shape"], {})
+            out.append(dict(kernel=kernel, shape=r["shape"], runs=r["runs"], measured=r["measured"],
+                            band_lo=r["band_lo"], band_hi=r["band_hi"], predicted_before=b.get("predicted_label"),
+                            hit_before=b.get("hit"), predicted_after=r["predicted_label"], hit_after=r["hit"]))
+    return out
+
+
+def band_figure(rows: list[dict[str, Any]], path: Path, kernel: str = analysis.BEST) -> Path:
+    """Per shape: the band (measured min-max widened), the model before and after."""
+    sel = [r for r in rows if r["kernel"] == kernel]
+    if not sel:
+        return plots._empty(path, "band")
+    fig, ax = plots.plt.subplots(figsize=(7.5, 0.8 + 0.32 * len(sel)))
+    for i, r in enumerate(sel):
+        ax.plot([r["band_lo"], r["band_hi"]], [i, i], color="0.6", lw=7, solid_capstyle="butt")
+        for key, hit, marker, dy in (("predicted_before", "hit_before", "x", -0.15), ("predicted_after", "hit_after",
+                                                                                      "o", 0.15)):
+            v = r[key]
+            if v in (None, "-"):
+                continue
+            ax.plot(1.0 if v == "never" else float(v), i + dy, marker, ms=6,
+                    color="tab:green" if r[hit] else "tab:red")
+    ax.set_yticks(range(len(sel)), [r["shape"] for r in sel], fontsize=7)
+    ax.set_xlim(0, 1.02)
+    ax.invert_yaxis()
+    ax.set_xlabel("crossover sparsity (grey: min-max of the runs' measured crossovers +- 2 points; 1 = never)")
+    ax.set_title(f"{kernel}: model before (x) and after (o); green inside the band", fontsize=9)
+    return plots._save(fig, path)
+
+
+def write_band_report(result: dict[str, Any], out: Path, profile: MachineProfile, command: str) -> dict[str, Any]:
+    """``band.md``, ``band.csv``, ``band.png`` under ``out`` from ``spruce.study.bands.band_results``; returns
+    ``{kernel: {"before": (hits, total), "after": (hits, total)}}``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = _band_rows(result)
+    io.write_csv(out / "band.csv", rows, ["kernel", "shape", "runs", "measured", "band_lo", "band_hi",
+                                          "predicted_before", "hit_before", "predicted_after", "hit_after"])
+    band_figure(rows, out / "band.png")
+    rates = {k: {v: (res[v]["hits"], res[v]["total"]) for v in ("before", "after")}
+             for k, res in result["kernels"].items()}
+    w = result["widen"]
+    md = [f"# The performance model against the spread of {len(result['dirs'])} study runs\n",
+          f"Command: `{command}`\n",
+          f"Machine: {profile.name}: dense peak {profile.peak_gflops:.0f} GFLOP/s, bandwidth {profile.bw_gbs:.1f} GB/s, "
+          f"LLC {profile.cache_bytes / 2 ** 20:.0f} MiB, {profile.threads} threads (calibrated "
+          f"{profile.meta.get('calibrated_at', '?')}).\n",
+          f"A shape counts as predicted when the model's crossover lies within the min-max band of its measured "
+          f"crossovers over the runs (a run that measured `<=s` contributes [0, s], `>s` contributes [s, 1]) widened "
+          f"by {w:g} on each side; shapes measured in fewer than {result['min_runs']} runs are left out. "
+          f"'before': the model without the residual terms of issue 17 (`spruce.perf.model.without_residual_terms`), "
+          f"'after': the model as it is; both on the same profile.\n",
+          "Runs:\n" + "".join(f"- `{d}`\n" for d in result["dirs"]),
+          "| kernel | before | after |\n|---|---|---|\n" + "".join(
+              f"| {k} | {_pct(*r['before'])} | {_pct(*r['after'])} |\n" for k, r in rates.items()),
+          "![band](band.png)\n",
+          md_table([r for r in rows if r["kernel"] == analysis.BEST],
+                   [("shape", "shape"), ("runs", "runs"), ("measured", "measured per run"), ("band_lo", "band lo"),
+                    ("band_hi", "band hi"), ("predicted_before", "before"), ("hit_before", "hit"),
+                    ("predicted_after", "after"), ("hit_after", "hit")])]
+    io.atomic_write(out / "band.md", "\n".join(md))
+    return rates
