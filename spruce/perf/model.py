@@ -8,7 +8,7 @@ Formulas (times in seconds, ``P`` = peak GFLOP/s * 1e9, ``B`` = bandwidth GB/s *
 
 * dense:   ``t_d = max(2 M K N / (P e_d(N, K)), g_d 4 (M K + K N + M N) / B) + o_dense`` (``g_d``: the dense
   GEMV's own streaming penalty, 1 unless calibrated)
-* sparse:  ``t_s = max(F / (P e(N, d, K)), g * bytes_s / B) * imbalance(cov, T, rows) + o_kernel`` with
+* sparse:  ``t_s = (max(F / (P e(N, d, K)), g * bytes_s / B) + t_llc) * imbalance(cov, T, rows) + o_kernel`` with
   ``F = 2 nnz N`` (BSR: ``2 n_blocks bh bw N``, padded blocks are computed), ``e(N, d, K)`` the kernel's
   efficiency and ``e_d(N, K)`` the dense GEMM's (calibrated tables over N, density and K, interpolated in
   log N, log d and log K; 1 / a constant when absent). K enters through the cache: a row tile of a CSR kernel
@@ -27,6 +27,16 @@ Formulas (times in seconds, ``P`` = peak GFLOP/s * 1e9, ``B`` = bandwidth GB/s *
 * imbalance of a row partition over ``T`` threads, each taking ``M/T`` rows whose lengths have coefficient of
   variation ``cov``: the slowest thread is ~``sqrt(2 ln T)`` standard deviations above the mean, so
   ``imbalance = 1 + cov sqrt(2 ln T) / sqrt(M / T)`` (1 for ``T = 1``).
+* residual terms (issue 17; on per profile, ``MachineProfile.terms``; ``without_residual_terms`` turns them off):
+  - ``weight_residency``: the efficiency tables were measured with weights that stay in the LLC between calls
+    (M = 1024, K <= 4096: at most 16 MB); the memory term counts the weight (dense ``4 M K`` or packed) only when
+    it does not fit in the LLC ``C`` (``streamed_fraction``: 0 or 1), so a resident layer is priced by its
+    in-cache rate (fc8 of VGG-16, 16 MB) and a streamed one by bandwidth (fc6, 411 MB);
+  - ``x_panel_l2``: a panelled kernel cuts X into panels of ``min(N, max(32, budget / 4K))`` columns; a panel
+    larger than the per-core L2 (K > 8192 at 32 columns with a 1 MiB L2: fc6, K = 25088) leaves the share
+    ``1 - L2 / panel`` of its X reads (``4 N`` bytes per stored column) to the LLC, ``t_llc = bytes / B_llc``,
+    added to ``max(compute, memory)`` (the row kernel issues those reads in line with its FMAs: they wait,
+    they do not overlap). ``B_llc`` and the L2 size come from calibration (``llc_bw_gbs``, ``l2_bytes``).
 * conversion: ``t_c = a M K + b nnz`` (a scan of the dense matrix plus a write per kept entry).
 * amortisation: ``n = t_c / (t_d - t_s)`` inferences (infinite when the sparse call is not faster).
 """
@@ -139,15 +149,17 @@ def dense_bytes(m: int, k: int, n: int, elem_bytes: float = FP32) -> float:
 
 def streamed_fraction(nbytes: float, cache_bytes: float) -> float:
     """Share of ``nbytes`` of data used on every call (a weight) that comes from memory on each call: 0 when it fits
-    in the cache, else ``1 - C / bytes`` (the share beyond the cache, the same rule as the re-read factor's)."""
-    if nbytes <= cache_bytes:
-        return 0.0
-    return 1.0 - cache_bytes / nbytes
+    in the cache, else all of it. A weight read front to back on every call evicts its own oldest lines before it
+    comes back to them when it is larger than the cache (fc7's 64 MB dense weight streamed at the same rate as
+    fc6's 411 MB in the 2026-12-03 runs: nothing of it stayed), so there is no partial share."""
+    return 0.0 if nbytes <= cache_bytes else 1.0
 
 
 def weight_traffic(nbytes: float, profile: MachineProfile) -> float:
-    """Weight bytes a call streams from memory: all of them, or with the ``weight_residency`` term only the share
-    beyond the LLC (``streamed_fraction``): a weight that fits stays in the LLC between calls."""
+    """Weight bytes a call streams from memory: all of them, or with the ``weight_residency`` term none when the
+    weight fits in the LLC (``streamed_fraction``): a layer called again and again (planner and study timings,
+    a batch of calls) finds it there. Each kernel is predicted on its own: the study's paired timing alternates
+    the dense and the sparse weight, which then share the LLC."""
     if profile.has_term("weight_residency"):
         return nbytes * streamed_fraction(nbytes, profile.cache_bytes)
     return nbytes
