@@ -20,6 +20,7 @@ SOURCES = ("shapes", "ckpt", "dlmc")
 MODELS = ("vgg16", "bert_base")
 WANDB = ("offline", "disabled")
 FORMATS = ("csr", "coo", "bsr")
+ANALYSES = ("sweep", "activation", "spsp_map")
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -132,3 +133,33 @@ def _validate(c: dict[str, Any]) -> None:
         raise ValueError(f"wandb={c['wandb']!r} is not allowed; allowed: {', '.join(WANDB)}")
     if not c["kinds"]:
         raise ValueError("kinds must name at least one generator kind (uniform, magnitude, balanced, ...)")
+    _validate_spsp(c)
+
+
+def _validate_spsp(c: dict[str, Any]) -> None:
+    """``analysis`` and the ``spsp`` group (merged key by key over the defaults, so ``spsp.batch=2`` alone works)."""
+    if c["analysis"] not in ANALYSES:
+        raise ValueError(f"analysis={c['analysis']!r} is not allowed; allowed: {', '.join(ANALYSES)}")
+    base = _load("default.yaml")["spsp"]
+    given = c.get("spsp") or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"spsp={given!r} must be a mapping of keys {', '.join(sorted(base))}")
+    unknown = sorted(set(given) - set(base))
+    if unknown:
+        raise ValueError(f"unknown spsp key(s) {unknown}; allowed: {', '.join(sorted(base))}")
+    sp = c["spsp"] = {**base, **given}
+    if c["analysis"] == "activation" and not c["ckpt"]:
+        raise ValueError("analysis=activation needs ckpt=<a trained .ckpt>")
+    if sp["max_images"] is not None and int(sp["max_images"]) < 1:
+        raise ValueError(f"spsp.max_images={sp['max_images']!r} must be null or >= 1")
+    for key in ("batch_size", "batch", "input_size"):
+        if int(sp[key]) < 1:
+            raise ValueError(f"spsp.{key}={sp[key]!r} must be >= 1")
+    for key in ("weight_sparsities", "act_sparsities"):
+        v = sp[key]
+        if not isinstance(v, (list, tuple)) or len(v) < 2 or not all(0 <= float(s) < 1 for s in v):
+            raise ValueError(f"spsp.{key}={v!r} must be a list of at least two numbers in [0, 1)")
+    if not isinstance(sp["shapes"], (list, tuple)) or not sp["shapes"]:
+        raise ValueError(f"spsp.shapes={sp['shapes']!r} must name at least one VGG-16 conv (e.g. conv3_3)")
+    if not isinstance(sp["kernels"], (list, tuple)) or not sp["kernels"]:
+        raise ValueError(f"spsp.kernels={sp['kernels']!r} must name at least one dense x sparse kernel")

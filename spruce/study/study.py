@@ -82,6 +82,9 @@ def run_study(cfg: dict[str, Any] | None = None) -> Path:
     c = study_config.resolve(cfg)
     c["threads"] = resolve_threads(c["threads"])
     torch.set_num_threads(c["threads"])
+    if c["analysis"] != "sweep":  # activation sparsity / the sparse x sparse map
+        from spruce.study.spsp_map import run_analysis
+        return run_analysis(c)
     sparse_kernels, dense = select_kernels(c["kernels"], c["formats"])
     cases, notes, label = build_cases(c)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
