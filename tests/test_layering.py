@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
 LEAVES = {"spruce", "spruce.io"}  # import nothing of ours (``spruce`` is the package's __init__)
 #: modules inside the package that are commands (``python -m ...``), not library code
 ENTRY_MODULES = {"spruce.kernels.cuda.gpu_smoke", "spruce.peer_worker"}
-ENTRY_SCRIPTS = ("train", "export", "bench")
+ENTRY_SCRIPTS = ("train", "export", "bench", "sweep")
 RUN_BY_PATH = ("spec_from_file_location", "run_path", "runpy")
 
 
@@ -134,7 +134,7 @@ def test_checker_sees_relative_lazy_and_dynamic_imports(tmp_path) -> None:
     assert len(bad) == 5 and all("spruce.kernels.probe imports" in b for b in bad), bad
 
 
-@pytest.mark.parametrize("script", ["train.py", "export.py", "bench.py"])
+@pytest.mark.parametrize("script", ["train.py", "export.py", "bench.py", "sweep.py"])
 def test_entry_scripts_are_not_imported_by_the_library(script) -> None:
     name = script[:-3]
     for p in library_files():
