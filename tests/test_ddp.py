@@ -25,7 +25,8 @@ DDP2 = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
 
 
 def train(run: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "train.py"), *TINY, f"hydra.run.dir={run / 'run'}",
+    tiny = [o for o in TINY if not any(x.split("=")[0] == o.split("=")[0] for x in overrides)]
+    cmd = [sys.executable, str(ROOT / "train.py"), *tiny, f"hydra.run.dir={run / 'run'}",
            f"prune.mask_log={run / 'masks'}", *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -57,10 +58,10 @@ def pruner_state(path: Path) -> dict:
     return next(v for k, v in ckpt["callbacks"].items() if "PruningCallback" in k)
 
 
-@pytest.mark.parametrize("scope,score", [("layerwise", "magnitude"), ("global", "movement")])
-def test_two_ranks_prune_identically_and_write_once(tmp_path, scope, score):
+@pytest.mark.parametrize("scope,score,logger", [("layerwise", "magnitude", "wandb"), ("global", "movement", "csv")])
+def test_two_ranks_prune_identically_and_write_once(tmp_path, scope, score, logger):
     proc = train(tmp_path, *DDP2, "trainer=smoke", "prune.unit=step", "prune.start=0", "prune.end=4", "prune.every=1",
-                 f"prune.scope={scope}", f"prune.score={score}")
+                 f"prune.scope={scope}", f"prune.score={score}", f"logger={logger}")
     logs = mask_log(tmp_path)
     assert sorted(logs) == [0, 1], "one mask log per rank"
     assert all(e["world_size"] == 2 for e in logs[0])
@@ -79,6 +80,9 @@ def test_two_ranks_prune_identically_and_write_once(tmp_path, scope, score):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["sparsity"]["overall"] == pytest.approx(0.9, abs=0.01)
     assert proc.stdout.count("Spruce training summary") == 1
+    if logger == "wandb":  # one W&B run, from rank 0
+        runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and summary["wandb_dir"] == str(runs[0]), runs
 
 
 def test_resume_a_ddp_checkpoint_on_one_and_two_ranks(tmp_path):
