@@ -181,6 +181,11 @@ def test_bad_inputs_are_one_line_value_errors():
     broken = SparseActivation(sx.rowptr, sx.cols + 5, sx.vals, sx.shape)  # columns past W
     with pytest.raises(ValueError, match="input column .* out of range"):
         kern.conv2d(p, broken, (3, 3))
+    swapped = sx.cols.clone()
+    r0 = int(torch.nonzero(sx.rowptr[1:] - sx.rowptr[:-1] >= 2)[0])  # a row with two nonzeros
+    swapped[sx.rowptr[r0]], swapped[sx.rowptr[r0] + 1] = sx.cols[sx.rowptr[r0] + 1], sx.cols[sx.rowptr[r0]]
+    with pytest.raises(ValueError, match="ascend strictly within a row"):
+        kern.conv2d(p, SparseActivation(sx.rowptr, swapped, sx.vals, sx.shape), (3, 3))
     rp = sx.rowptr.clone()
     rp[3] = rp[-1] + 1
     with pytest.raises(ValueError, match="non-decreasing|start at 0"):

@@ -204,6 +204,21 @@ void check_range(const torch::Tensor& idx, int64_t hi, const char* what) {
                                   std::to_string(hi) + ")");
 }
 
+// Columns strictly ascending within each row and in [0, w): the kernel stops a row at the first column past its
+// output band.
+void check_rows(const torch::Tensor& rp, const torch::Tensor& cols, int64_t w) {
+  const int32_t* p = rp.data_ptr<int32_t>();
+  const int32_t* c = cols.data_ptr<int32_t>();
+  for (int64_t r = 0, rows = rp.numel() - 1; r < rows; ++r)
+    for (int64_t j = p[r]; j < p[r + 1]; ++j) {
+      if (c[j] < 0 || c[j] >= w)
+        throw pybind11::value_error("input column " + std::to_string(c[j]) + " out of range [0, " +
+                                    std::to_string(w) + ")");
+      if (j > p[r] && c[j] <= c[j - 1])
+        throw pybind11::value_error("input columns must ascend strictly within a row (row " + std::to_string(r) + ")");
+    }
+}
+
 // Dense x [B, C, H, W] -> (rowptr [B*C*H + 1], cols [nnz], vals [nnz]): CSR over the rows (b, c, h).
 std::vector<torch::Tensor> to_spact(torch::Tensor x, int64_t nthreads, const std::string& isa) {
   const int code = isa_code(isa);
@@ -252,7 +267,7 @@ std::vector<torch::Tensor> spsp_conv(torch::Tensor w_rp, torch::Tensor w_blk, to
   check_cpu_f32(x_vals, "input values");
   if (x_vals.numel() != x_cols.numel()) throw pybind11::value_error("input values and columns differ in length");
   check_offsets(x_rp, x_cols.numel(), "input row offsets");
-  check_range(x_cols, w, "input column");
+  check_rows(x_rp, x_cols, w);
   const spruce::SpspWeight wt{w_rp.data_ptr<int32_t>(), w_blk.data_ptr<int32_t>(), w_vals.data_ptr<float>(), co, k, width};
   const spruce::SpAct sx{x_rp.data_ptr<int32_t>(), x_cols.data_ptr<int32_t>(), x_vals.data_ptr<float>(), b, c, h, w};
   const spruce::SpspGeom g{kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, std::max<int64_t>(0, acc_kib) * 1024};

@@ -120,19 +120,26 @@ inline void spsp_conv_impl(const SpspWeight& w, const SpAct& x, const SpspGeom& 
             const int64_t s0 = x.rp[row], s1 = x.rp[row + 1];
             float* drow = a + (oh - oh0) * nw * cp;
             const int64_t wcol = (ci * g.kh + r) * g.kw;
-            for (int64_t j = s0; j < s1; ++j) {
-              const int64_t win = x.cols[j];
-              const Isa::V xv = Isa::set1(x.v[j]);
-              const __m256 x8 = _mm256_set1_ps(x.v[j]);
-              for (int64_t s = 0; s < g.kw; ++s) {
-                const int64_t t = win + g.pw - s * g.dw;  // = ow * sw for the output this tap reaches
-                if (t < 0) break;                         // t only falls as s grows
-                if (t % g.sw != 0) continue;
-                const int64_t ow = t / g.sw;
-                if (ow < ow0 || ow >= ow1) continue;
+            // taps outside, nonzeros inside: consecutive updates go to different outputs (adjacent nonzeros
+            // meet the same output at neighbouring taps) and a tap's weight blocks stay hot (conv3_3, one
+            // thread: 18% faster at 90% weight / 80% activation sparsity, the same at 98% weight sparsity).
+            // The update loop is bound by the read-modify-write of the L2-resident accumulators.
+            for (int64_t s = 0; s < g.kw; ++s) {
+              const int64_t qs = w.rp[wcol + s], qe = w.rp[wcol + s + 1];
+              if (qs == qe) continue;
+              const int64_t shift = g.pw - s * g.dw;  // ow * sw = w_in + shift
+              for (int64_t j = s0; j < s1; ++j) {
+                const int64_t t = x.cols[j] + shift;
+                if (t < 0) continue;
+                // no 64-bit division at unit stride
+                if (g.sw != 1 && t % g.sw != 0) continue;
+                const int64_t ow = g.sw == 1 ? t : t / g.sw;
+                if (ow < ow0) continue;
+                if (ow >= ow1) break;  // columns ascend within a row
                 float* d = drow + (ow - ow0) * cp;
-                const int64_t be = w.rp[wcol + s + 1];
-                for (int64_t q = w.rp[wcol + s]; q < be; ++q) spsp_block_fma<WB>(d + w.blk[q] * WB, w.v + q * WB, xv, x8);
+                const Isa::V xv = Isa::set1(x.v[j]);
+                const __m256 x8 = _mm256_set1_ps(x.v[j]);
+                for (int64_t q = qs; q < qe; ++q) spsp_block_fma<WB>(d + w.blk[q] * WB, w.v + q * WB, xv, x8);
               }
             }
           }
