@@ -259,6 +259,10 @@ COLORS = {DENSE: "#c7c7c7", "spruce_csr_direct": "#9ecae1", "spruce_csr": "#6bae
           SPSP: "#fdae6b", SPSP_CONV: "#e6550d"}
 
 
+def _family(method: str | None) -> str | None:
+    return SPSP if method in (SPSP, SPSP_CONV) else method
+
+
 def plot_shape(shape: str, cell_rows: list[dict[str, Any]], lines: list[dict[str, Any]],
                layers: list[dict[str, Any]], title: str) -> Any:
     """The map of one shape: cells coloured by the chained winner (hatched where it changes when the input arrives
@@ -283,7 +287,7 @@ def plot_shape(shape: str, cell_rows: list[dict[str, Any]], lines: list[dict[str
         i, j = wss.index(c["weight_sparsity"]), ass.index(c["act_sparsity"])
         win = c["winner_chained"] or "none"
         seen.add(win)
-        hatch = "//" if c["winner_dense_input"] != c["winner_chained"] else None
+        hatch = "//" if _family(c["winner_dense_input"]) != _family(c["winner_chained"]) else None
         ax.add_patch(plt.Rectangle((ew[i], ea[j]), ew[i + 1] - ew[i], ea[j + 1] - ea[j],
                                    facecolor=COLORS.get(win, "#dddddd"), edgecolor="white", hatch=hatch, lw=0.5))
         sp, best = c["spsp_ms"], min(v for v in (c["dense_ms"], c["best_dxs_ms"]) if v is not None) \
@@ -303,20 +307,24 @@ def plot_shape(shape: str, cell_rows: list[dict[str, Any]], lines: list[dict[str
             ax.plot([p[1] for p in pts], [p[0] for p in pts], color=color, ls=ls, lw=2, label=label)
         else:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, ls=ls, lw=2, marker="o", ms=3, label=label)
+    others = [lay for lay in layers if lay["name"] != shape]
+    if others:
+        ax.scatter([lay["weight_sparsity"] for lay in others], [lay["act_sparsity_mean"] for lay in others],
+                   marker=".", s=30, color="dimgray", zorder=5, label="the checkpoint's other convs")
     for lay in layers:
-        star = lay["name"] == shape
-        ax.scatter([lay["weight_sparsity"]], [lay["act_sparsity_mean"]], marker="*" if star else ".",
-                   s=160 if star else 30, color="crimson" if star else "dimgray", zorder=5,
-                   edgecolors="k" if star else None)
-        ax.annotate(lay["name"], (lay["weight_sparsity"], lay["act_sparsity_mean"]), fontsize=6.5,
-                    xytext=(3, 3), textcoords="offset points")
+        if lay["name"] == shape:
+            ax.errorbar([lay["weight_sparsity"]], [lay["act_sparsity_mean"]],
+                        yerr=[[lay["act_sparsity_mean"] - lay.get("act_sparsity_min", lay["act_sparsity_mean"])],
+                              [lay.get("act_sparsity_max", lay["act_sparsity_mean"]) - lay["act_sparsity_mean"]]],
+                        fmt="*", ms=14, color="crimson", mec="k", zorder=6,
+                        label=f"checkpoint's {shape} ({lay['layer']}, input {lay['in_shape']}; min-max)")
     ax.set_xlim(ew[0], ew[-1])
     ax.set_ylim(ea[0], ea[-1])
     ax.set_xlabel("weight sparsity")
     ax.set_ylabel("activation sparsity (share of zero inputs)")
     ax.set_title(title, fontsize=9)
     handles = [Patch(facecolor=COLORS.get(k, "#dddddd"), label=f"fastest: {k}") for k in sorted(seen)]
-    handles.append(Patch(facecolor="white", hatch="//", edgecolor="k", label="another wins if input arrives dense"))
+    handles.append(Patch(facecolor="white", hatch="//", edgecolor="k", label="another wins if the input arrives dense"))
     h2, _ = ax.get_legend_handles_labels()
     ax.legend(handles=handles + h2, fontsize=6.5, loc="lower left", framealpha=0.9)
     fig.tight_layout()
@@ -372,9 +380,11 @@ def render(rows: list[dict[str, Any]], out: Path, layers: list[dict[str, Any]], 
                 summary[f"{shape}/spsp_chained@ws{r['at']:.2f}"] = r["crossover"]
     conv = [c for c in cell_rows if c["convert_ms"] and c["spsp_ms"]]
     if conv:
-        share = [c["convert_ms"] / c["spsp_convert_ms"] for c in conv if c["spsp_convert_ms"]]
-        md.append(f"The input2CSR conversion took {min(share):.0%}-{max(share):.0%} of the converting spsp call "
-                  f"(median {sorted(share)[len(share) // 2]:.0%}) over the grid.\n")
+        share = sorted(c["convert_ms"] / c["spsp_convert_ms"] for c in conv if c["spsp_convert_ms"])
+        q = lambda f: share[min(len(share) - 1, int(f * len(share)))]  # noqa: E731
+        md.append(f"The input2CSR conversion, timed as its own call, was {q(0.5):.0%} (median; p10 {q(0.1):.0%}, "
+                  f"p90 {q(0.9):.0%}) of the converting spsp call's time over the grid (two calls timed apart: on a "
+                  "loaded machine a ratio may exceed 100%).\n")
     if layers:
         md.append("## The checkpoint's layers on the map\n\n" + io.markdown_table(layers, [
             ("layer", "layer", ""), ("name", "name", ""), ("input", "in_shape", ""),
