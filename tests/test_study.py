@@ -224,3 +224,53 @@ def test_band_hits_on_hand_made_tables():
     assert (one["hits"], one["total"]) == (1, 1)
     with pytest.raises(ValueError, match="widen"):
         band_hits(runs, preds, widen=-0.01)
+
+
+def test_band_report_from_run_folders(tmp_path):
+    """Three hand-made runs -> band.md/csv/png; a folder that is not a run is refused in one line."""
+    import csv as _csv
+
+    from spruce.study.__main__ import run as cli
+    from spruce.study.bands import band_results
+    from spruce.study.report import BAND_FILES, write_band_report
+    from spruce.study.sweep import COLUMNS
+
+    def run_dir(i, speedups):
+        d = tmp_path / f"run{i}"
+        d.mkdir()
+        rows = []
+        for s, sp in zip((0.5, 0.7, 0.9), speedups):
+            base = dict(source="shapes", model="tiny", layer="a", m=64, k=96, n=8, kind="uniform", status="ok",
+                        sparsity=s, sparsity_target=s, row_cov=0.1, nnz=int((1 - s) * 64 * 96))
+            rows += [dict(base, kernel="torch_dense", format="dense", speedup=1.0),
+                     dict(base, kernel="torch_csr", format="csr", speedup=sp)]
+        with (d / "rows.csv").open("w", newline="") as fh:
+            w = _csv.DictWriter(fh, COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        (d / "config.json").write_text(json.dumps({"kinds": ["uniform"], "threads": 1}))
+        (d / "notes.txt").write_text("sweep: 3 cases in 1 s with 1 thread(s); load 0.5\n")
+        return d
+
+    # measured crossovers: run 1 between 0.5 (0.5x) and 0.7 (2x), run 2 exactly 0.7 (1x), run 3 between 0.7 (0.9x)
+    # and 0.9 (4x); each interpolated in log ratio over log density (crossover.find_crossover)
+    def between(s0, r0, s1, r1):
+        x0, x1 = math.log(1 - s0), math.log(1 - s1)
+        return 1 - math.exp(x0 - math.log(r0) * (x1 - x0) / (math.log(r1) - math.log(r0)))
+    dirs = [run_dir(1, (0.5, 2.0, 4.0)), run_dir(2, (0.5, 1.0, 4.0)), run_dir(3, (0.5, 0.9, 4.0))]
+    prof = MachineProfile(name="test", peak_gflops=50.0, bw_gbs=10.0, cache_bytes=32e6, threads=1,
+                          overhead_us={"default": 0.0}, sparse_eff={"torch_csr": 0.1}, gather_penalty={"default": 1.0})
+    res = band_results(dirs, prof)
+    rows = res["kernels"]["torch_csr"]["after"]["rows"]
+    assert len(rows) == 1 and rows[0]["runs"] == 3 and "sweep: 3 cases" in res["sweeps"][0]
+    lo, hi = rows[0]["band_lo"], rows[0]["band_hi"]
+    assert lo == pytest.approx(between(0.5, 0.5, 0.7, 2.0) - 0.02) and hi == pytest.approx(between(0.7, 0.9, 0.9, 4.0)
+                                                                                           + 0.02)
+    rates = write_band_report(res, tmp_path / "out", prof, "test")
+    assert rates["torch_csr"]["after"][1] == 1
+    for name in BAND_FILES:
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert "| torch_csr |" in (tmp_path / "out" / "band.md").read_text()
+    with pytest.raises(ValueError, match="is not a study run"):
+        cli({"action": "band", "dirs": [str(tmp_path)], "out": str(tmp_path / "x")})
+    assert not (tmp_path / "x").exists()

@@ -37,6 +37,13 @@ def read_run(d: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return rows, json.loads((p / "config.json").read_text())
 
 
+def sweep_note(d: str | Path) -> str:
+    """The run's own line about its sweep (cases, seconds, load average) from ``notes.txt``, or ``""``."""
+    p = Path(d) / "notes.txt"
+    lines = p.read_text().splitlines() if p.is_file() else []
+    return next((ln for ln in reversed(lines) if ln.startswith("sweep:")), "")
+
+
 def run_tables(rows: list[dict[str, Any]], config: dict[str, Any],
                profiles: dict[str, MachineProfile]) -> dict[str, list[dict[str, Any]]]:
     """One run's crossover table per named profile (the measured columns are the same in each)."""
@@ -71,7 +78,8 @@ def band_results(dirs: list[str | Path], profile: MachineProfile, min_runs: int 
         for name, table in run_tables(rows, config, profiles).items():
             per_variant[name].append(table)
     kernels = [analysis.BEST] + sorted({r["kernel"] for t in per_variant["after"] for r in t} - {analysis.BEST})
-    out: dict[str, Any] = {"dirs": [str(d) for d in dirs], "min_runs": int(min_runs), "widen": widen, "kernels": {}}
+    out: dict[str, Any] = {"dirs": [str(d) for d in dirs], "min_runs": int(min_runs), "widen": widen, "kernels": {},
+                           "sweeps": [sweep_note(d) for d in dirs]}
     for kernel in kernels:
         res = {}
         for name, tables in per_variant.items():

@@ -306,6 +306,15 @@ def band_figure(rows: list[dict[str, Any]], path: Path, kernel: str = analysis.B
     return plots._save(fig, path)
 
 
+def _band_width_line(rows: list[dict[str, Any]]) -> str:
+    """How wide the bands of the best sparse kernel are (the measurement's own spread, before widening)."""
+    w = sorted(r["band_hi"] - r["band_lo"] for r in rows if r["kernel"] == analysis.BEST)
+    if not w:
+        return ""
+    return (f"Band width (best sparse, widening included): median {statistics.median(w):.2f}, range {w[0]:.2f}-"
+            f"{w[-1]:.2f} over {len(w)} shapes.\n")
+
+
 def write_band_report(result: dict[str, Any], out: Path, profile: MachineProfile, command: str) -> dict[str, Any]:
     """``band.md``, ``band.csv``, ``band.png`` under ``out`` from ``spruce.study.bands.band_results``; returns
     ``{kernel: {"before": (hits, total), "after": (hits, total)}}``."""
@@ -328,7 +337,9 @@ def write_band_report(result: dict[str, Any], out: Path, profile: MachineProfile
           f"by {w:g} on each side; shapes measured in fewer than {result['min_runs']} runs are left out. "
           f"'before': the model without the residual terms of issue 17 (`spruce.perf.model.without_residual_terms`), "
           f"'after': the model as it is; both on the same profile.\n",
-          "Runs:\n" + "".join(f"- `{d}`\n" for d in result["dirs"]),
+          "Runs:\n" + "".join(f"- `{d}`" + (f": {note}" if note else "") + "\n"
+                               for d, note in zip(result["dirs"], result.get("sweeps") or [""] * len(result["dirs"]))),
+          _band_width_line(rows),
           "| kernel | before | after |\n|---|---|---|\n" + "".join(
               f"| {k} | {_pct(*r['before'])} | {_pct(*r['after'])} |\n" for k, r in rates.items()),
           "![band](band.png)\n",
