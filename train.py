@@ -31,13 +31,21 @@ def _remove_if_empty_run(run_dir: Path) -> None:
 
 def _sweep_settings(plain: dict, hc) -> None:
     """Under ``-m``: threads per job from the launcher (parallel jobs share the cores) when ``threads`` is null,
-    and one W&B group per sweep (``logger.group`` null -> the sweep directory's name)."""
+    and one W&B group per sweep (``logger.group`` null -> the sweep directory's name); several local ranks refused
+    (Lightning's ddp re-runs the command line, which would start the sweep again in every rank)."""
     import os
 
     from hydra.types import RunMode
     if hc.mode != RunMode.MULTIRUN:
         return
-    from spruce.models.train_config import launcher_threads
+    from spruce.models.train_config import ConfigError, launcher_threads
+    devices = (plain.get("trainer") or {}).get("devices", 1)
+    several = devices in (-1, "-1") or (isinstance(devices, int) and devices > 1) or (
+        isinstance(devices, list) and len(devices) > 1)
+    if several and "SLURM_NTASKS" not in os.environ:
+        # Lightning's ddp would re-run this command line, -m included, once per extra rank: a sweep per rank
+        raise ConfigError(f"trainer.devices={devices!r} under train.py -m is not allowed here; sweep on a cluster "
+                          f"with hydra/launcher=slurm (one SLURM task per rank), or run each point without -m")
     if plain.get("threads") is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         plain["threads"] = launcher_threads(OmegaConf.to_container(hc.launcher, resolve=True), dict(os.environ),

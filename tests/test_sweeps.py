@@ -69,3 +69,15 @@ def test_slurm_launcher_config_maps_ranks_to_tasks():
     resolved = {k: OmegaConf.select(cfg, f"hydra.launcher.{k}") for k in ("tasks_per_node", "gpus_per_node", "nodes")}
     assert resolved == {"tasks_per_node": 4, "gpus_per_node": 4, "nodes": 2}
     assert launcher_threads(launcher, {"SLURM_CPUS_PER_TASK": "8"}, 64) == 8
+
+
+def test_several_local_ranks_under_a_sweep_are_refused(tmp_path):
+    """Lightning's ddp re-runs the command line per rank: under -m that would start the sweep again in each."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "trainer.devices=2", "trainer.accelerator=cpu",
+                           "prune.final=0.5", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 1
+    assert "error: trainer.devices=2 under train.py -m is not allowed here; sweep on a cluster with " \
+           "hydra/launcher=slurm" in proc.stderr
+    assert not list((tmp_path / "sweep").glob("0*")), "no job directory left behind"
