@@ -30,6 +30,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose ``save_checkpoint`` is atomic on any filesystem (see the module docstring)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        # Lightning's strategies call this on global rank 0 only (DDP: one writer, the others wait at the barrier of
+        # Trainer.save_checkpoint), so removing stale temporaries below cannot race another rank's write.
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
         buf = io.BytesIO()

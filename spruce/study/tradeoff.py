@@ -265,6 +265,10 @@ def write_report(c: TradeoffConfig, rows: list[dict[str, Any]], out: Path, group
     """``tradeoff.csv``, ``tradeoff.png``, ``tradeoff.md`` and the group's ``tradeoff`` W&B run; the markdown last."""
     for r in rows:
         r["latency"] = f"{r['latency_ms_median']:.2f} / {r['latency_ms_p90']:.2f}"
+    for r in rows:  # paths relative to the report, so that the folder can be moved or committed
+        for k in ("checkpoint", "bench_dir"):
+            if r.get(k) and Path(r[k]).is_absolute() and Path(r[k]).is_relative_to(out.resolve()):
+                r[k] = str(Path(r[k]).relative_to(out.resolve()))
     threads = sorted({r["threads"] for r in rows if r.get("threads") is not None})
     title = f"{c.model} on {c.data}: accuracy, latency and memory vs sparsity"
     csv_path = write_csv(out / "tradeoff.csv", rows, COLUMNS)
