@@ -60,6 +60,10 @@ class SoftMovementScores:
     One :meth:`accumulate` per optimizer step (after backward, gradients already masked) does one Adam step on
     ``g = dL/dW * W + reg * sigmoid(S) * (1 - sigmoid(S))`` for every weight still kept (``weight_mask`` True).
 
+    Under DDP the scores are not parameters of the model (DDP does not see them): every rank updates them from the
+    same all-reduced weight gradients and weights, so they stay identical on every rank without a collective of
+    their own (``PruningCallback(verify_ranks=True)`` checks the resulting masks).
+
     Args:
         lr: Adam step size of the scores.
         reg: ``lambda`` of the regulariser ``lambda * sum(sigmoid(S))``.
