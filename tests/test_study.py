@@ -274,3 +274,12 @@ def test_band_report_from_run_folders(tmp_path):
     with pytest.raises(ValueError, match="is not a study run"):
         cli({"action": "band", "dirs": [str(tmp_path)], "out": str(tmp_path / "x")})
     assert not (tmp_path / "x").exists()
+    (tmp_path / "p.json").write_text("{}")
+    with pytest.raises(ValueError, match="profile="):
+        cli({"action": "band", "dirs": [str(d) for d in dirs], "out": str(tmp_path / "x"),
+             "profile": str(tmp_path / "p.json")})
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "p.json").write_text(json.dumps({"measured": prof.to_dict()}))
+    assert cli({"action": "band", "dirs": [str(d) for d in dirs], "out": str(tmp_path / "x"),
+                "profile": str(tmp_path / "p.json"), "min_runs": 3}) == str(tmp_path / "x")
+    assert (tmp_path / "x" / "machine.json").is_file() and (tmp_path / "x" / "band.md").is_file()

@@ -2,7 +2,7 @@
 
 One Hydra CLI over ``conf/study.yaml`` (the keys of ``conf/study/default.yaml`` at top level), plus
 ``action=rerender dir=<report>``, ``action=merge dirs=[...] out=<new dir>`` and ``action=band dirs=[<run>,...]
-out=<dir> [min_runs=3]`` (the model against the spread of several runs' crossovers, ``spruce.study.bands``).
+out=<dir> [min_runs=3] [profile=<json>]`` (the model against the spread of several runs' crossovers, ``spruce.study.bands``).
 Calibration alone is ``python -m spruce.perf``. Bad input prints one ``error: ...`` line and exits with status 2.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ def run(cfg: dict) -> str:
     """Do what ``cfg["action"]`` says; returns the report dir. ValueError on bad input."""
     action = cfg.pop("action", "run")
     report_dir, dirs, min_runs = cfg.pop("dir", None), cfg.pop("dirs", None), cfg.pop("min_runs", 3)
+    profile = cfg.pop("profile", None)
     if action == "rerender":
         from spruce.study.study import rerender
         if not report_dir:
@@ -33,7 +34,7 @@ def run(cfg: dict) -> str:
         from spruce.study.bands import band_command
         if not dirs or not cfg.get("out"):
             raise ValueError("action=band needs dirs=[<run>,...] (study run folders) and out=<dir for band.md/csv/png>")
-        return str(band_command(list(dirs), cfg["out"], min_runs))
+        return str(band_command(list(dirs), cfg["out"], min_runs, profile))
     if action != "run":
         raise ValueError(f"action={action!r} is not allowed; allowed: {', '.join(ACTIONS)}")
     from spruce.study import run_study

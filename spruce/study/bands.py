@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from spruce import io
 from spruce.perf import model as perf_model
 from spruce.perf.profile import MachineProfile
 from spruce.study import analysis
@@ -89,10 +90,23 @@ def band_results(dirs: list[str | Path], profile: MachineProfile, min_runs: int 
     return out
 
 
-def band_command(dirs: list[str | Path], out: str | Path, min_runs: int = 3) -> Path:
+def read_profile(path: str | Path) -> MachineProfile:
+    """A profile from a JSON file: a cached profile, or a study report's ``machine.json`` (its ``"measured"``)."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+        return MachineProfile.from_dict(d["measured"] if "measured" in d else d)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"profile={str(path)!r} is not a machine profile JSON ({e}); allowed: a cached "
+                         f"machine-*.json or a study report's machine.json") from None
+
+
+def band_command(dirs: list[str | Path], out: str | Path, min_runs: int = 3,
+                 profile: str | Path | None = None) -> Path:
     """``python -m spruce.study action=band``: the band report of the runs in ``dirs`` written to ``out``
-    (``band.md``, ``band.csv``, ``band.png``) with this machine's cached profile for the runs' thread count
-    (kernels missing from it are calibrated, as ``rerender`` does). Returns ``out``."""
+    (``band.md``, ``band.csv``, ``band.png``, ``machine.json``) with the profile in ``profile`` or else this
+    machine's cached profile for the runs' thread count (kernels missing from it are calibrated, as ``rerender``
+    does). Returns ``out``."""
     import sys
 
     import torch
@@ -107,10 +121,14 @@ def band_command(dirs: list[str | Path], out: str | Path, min_runs: int = 3) -> 
     if len(threads) != 1:
         raise ValueError(f"dirs: runs measured with different thread counts {sorted(threads)}; allowed: one count")
     torch.set_num_threads(threads.pop())
-    names = sorted({r["kernel"] for rows, _ in runs for r in rows})
-    profile = load_or_calibrate([registry.get(n) for n in names], progress=False)
-    result = band_results(dirs, profile, int(min_runs))
-    rates = write_band_report(result, Path(out), profile, " ".join(["python"] + sys.argv))
+    if profile is not None:
+        prof = read_profile(profile)
+    else:
+        names = sorted({r["kernel"] for rows, _ in runs for r in rows})
+        prof = load_or_calibrate([registry.get(n) for n in names], progress=False)
+    result = band_results(dirs, prof, int(min_runs))
+    rates = write_band_report(result, Path(out), prof, " ".join(["python"] + sys.argv))
+    io.write_json(Path(out) / "machine.json", {"measured": prof.to_dict()})
     for kernel, r in rates.items():
         print(f"{kernel}: before {r['before'][0]}/{r['before'][1]}, after {r['after'][0]}/{r['after'][1]}")
     return Path(out)
