@@ -97,6 +97,18 @@ def test_render_writes_every_file(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     text = (tmp_path / "report.md").read_text()
     assert "spsp + input2CSR" in text and "features.3" in text
+    from spruce.study.spsp_map import rerender
+    (tmp_path / "spsp_cells.csv").unlink()
+    rerender(tmp_path)  # from spsp_map.csv alone, numbers parsed back
+    assert (tmp_path / "spsp_cells.csv").read_text() == _cells_text(rows)
+    with pytest.raises(ValueError, match="not a spsp_map report"):
+        rerender(tmp_path / "nothing")
+
+
+def _cells_text(rows):
+    from spruce import io
+    from spruce.study.spsp_map import CELL_COLUMNS
+    return io.csv_text(cells(rows), CELL_COLUMNS)
 
 
 # ---- measured on a tiny shape (statuses, not times) -----------------------------------------------------------

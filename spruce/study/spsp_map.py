@@ -197,13 +197,19 @@ def crossover(xs: list[float], t_ref: list[float | None], t_new: list[float | No
     return float(xs[j - 1] + f * (xs[j] - xs[j - 1])), ""
 
 
-def cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row of ``CELL_COLUMNS`` per (shape, weight sparsity, activation sparsity): the times by method and the
-    winners (chained: ``spsp`` reads an input already sparse; dense input: ``spsp`` pays its conversion)."""
+#: which time of a method a cell compares: the fastest of its interleaved calls (as calibration does: on a shared
+#: machine the least disturbed call is the machine's speed; medians of a few calls swung 3-5x under load)
+STAT = "min_ms"
+
+
+def cells(rows: list[dict[str, Any]], stat: str = STAT) -> list[dict[str, Any]]:
+    """One row of ``CELL_COLUMNS`` per (shape, weight sparsity, activation sparsity): the times (``stat``:
+    ``min_ms`` or ``median_ms``) by method and the winners (chained: ``spsp`` reads an input already sparse; dense
+    input: ``spsp`` pays its conversion)."""
     by: dict[tuple, dict[str, float | None]] = {}
     for r in rows:
         key = (r["shape"], float(r["weight_sparsity"]), float(r["act_sparsity"]))
-        ms = r["median_ms"]
+        ms = r[stat]
         by.setdefault(key, {})[r["method"]] = None if ms in (None, "") else float(ms)
     out = []
     for (shape, ws, a), t in by.items():
@@ -281,7 +287,7 @@ def plot_shape(shape: str, cell_rows: list[dict[str, Any]], lines: list[dict[str
         return [max(0.0, v[0] - (mids[0] - v[0]))] + mids + [min(1.0, v[-1] + (v[-1] - mids[-1]))]
 
     ew, ea = edges(wss), edges(ass)
-    fig, ax = plt.subplots(figsize=(7.2, 5.6))
+    fig, ax = plt.subplots(figsize=(10.5, 5.6))
     seen = set()
     for c in mine:
         i, j = wss.index(c["weight_sparsity"]), ass.index(c["act_sparsity"])
@@ -326,7 +332,7 @@ def plot_shape(shape: str, cell_rows: list[dict[str, Any]], lines: list[dict[str
     handles = [Patch(facecolor=COLORS.get(k, "#dddddd"), label=f"fastest: {k}") for k in sorted(seen)]
     handles.append(Patch(facecolor="white", hatch="//", edgecolor="k", label="another wins if the input arrives dense"))
     h2, _ = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + h2, fontsize=6.5, loc="lower left", framealpha=0.9)
+    ax.legend(handles=handles + h2, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     fig.tight_layout()
     return fig
 
@@ -397,6 +403,42 @@ def render(rows: list[dict[str, Any]], out: Path, layers: list[dict[str, Any]], 
     return summary
 
 
+def _numbers(row: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if v in ("", None):
+            out[k] = None
+            continue
+        try:
+            out[k] = int(v) if k in ("c_in", "c_out", "h", "w", "batch", "calls", "images") else float(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def rerender(report_dir: str | Path) -> Path:
+    """Rebuild a map report's tables, figures and ``report.md`` from its ``spsp_map.csv`` (and
+    ``activation_sparsity.csv`` when present); the measurements are not repeated."""
+    import csv
+    out = Path(report_dir)
+    if not (out / "spsp_map.csv").is_file():
+        raise ValueError(f"{out} is not a spsp_map report (no spsp_map.csv)")
+    with (out / "spsp_map.csv").open() as fh:
+        rows = [_numbers(r) for r in csv.DictReader(fh)]
+    layers: list[dict[str, Any]] = []
+    if (out / "activation_sparsity.csv").is_file():
+        with (out / "activation_sparsity.csv").open() as fh:
+            layers = [_numbers(r) for r in csv.DictReader(fh)]
+        layers = [lay for lay in layers if lay["kind"] == "conv2d"]
+        place_layers(layers, cells(rows))
+    old = (out / "report.md").read_text() if (out / "report.md").is_file() else "# Where sparse x sparse pays"
+    header = old.split("\n## conv")[0].split("\n## ")[0].rstrip() if "\n## " in old else old.rstrip()
+    if layers and (out / "activation_sparsity.md").is_file():
+        header += "\n\n## " + (out / "activation_sparsity.md").read_text().lstrip("# ").rstrip()
+    render(rows, out, layers, header)
+    return out
+
+
 def place_layers(layers: list[dict[str, Any]], cell_rows: list[dict[str, Any]]) -> None:
     """Add ``map_winner_chained`` / ``map_winner_dense_input``: the winners of the nearest cell of the shape of the
     layer's name (None when no shape of that name was mapped)."""
@@ -455,8 +497,9 @@ def run_analysis(c: dict[str, Any]) -> Path:
     tables = ["spsp_map", "spsp_cells", "spsp_crossovers"]
     figures = [f"spsp_map_{g['name']}" for g in geoms]
     header = (f"# Where sparse x sparse pays\n\n`{command}`\n\n{len(geoms)} VGG-16 conv shape(s) at input "
-              f"{sp['input_size']}, batch {sp['batch']}, {c['threads']} thread(s), {time.time() - t0:.0f} s; medians "
-              f"of up to {c['repeats']} interleaved rounds (`spruce.perf.timing.time_ms`), each method verified "
+              f"{sp['input_size']}, batch {sp['batch']}, {c['threads']} thread(s), {time.time() - t0:.0f} s; the fastest "
+              f"of up to {c['repeats']} interleaved rounds (`spruce.perf.timing.time_ms`; medians in spsp_map.csv), "
+              "each method verified "
               "against dense first. `spsp`: `spruce_spsp` on an input already in its sparse form (fed by the "
               "sparse-output variant of the layer before); `spsp+convert`: the same on the dense input, its "
               "input2CSR conversion inside the call. Inputs: non-negative, exactly the stated share of zeros at "
