@@ -100,7 +100,7 @@ def test_render_writes_every_file(tmp_path):
     from spruce.study.spsp_map import rerender
     (tmp_path / "spsp_cells.csv").unlink()
     rerender(tmp_path)  # from spsp_map.csv alone, numbers parsed back
-    assert (tmp_path / "spsp_cells.csv").read_text() == _cells_text(rows)
+    assert (tmp_path / "spsp_cells.csv").read_bytes() == _cells_text(rows).encode()
     with pytest.raises(ValueError, match="not a spsp_map report"):
         rerender(tmp_path / "nothing")
 
