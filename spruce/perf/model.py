@@ -150,8 +150,8 @@ def dense_bytes(m: int, k: int, n: int, elem_bytes: float = FP32) -> float:
 def streamed_fraction(nbytes: float, cache_bytes: float) -> float:
     """Share of ``nbytes`` of data used on every call (a weight) that comes from memory on each call: 0 when it fits
     in the cache, else all of it. A weight read front to back on every call evicts its own oldest lines before it
-    comes back to them when it is larger than the cache (fc7's 64 MB dense weight streamed at the same rate as
-    fc6's 411 MB in the 2026-12-03 runs: nothing of it stayed), so there is no partial share."""
+    comes back to them when it is larger than the cache (fc7's 64 MB dense weight streamed no faster than fc6's
+    411 MB in the 2026-12-03 runs, 18 vs 24 GB/s: nothing of it stayed), so there is no partial share."""
     return 0.0 if nbytes <= cache_bytes else 1.0
 
 
@@ -212,7 +212,7 @@ def sparse_bytes(fmt: str, m: int, k: int, n: int, nnz: float, cache_bytes: floa
                  weight_resident: bool = False) -> float:
     """Bytes a sparse call moves: packed weight + ``4 K N R`` activations + ``4 M N`` output (``R = 1`` for a
     ``panelled`` kernel, which keeps a panel of X in cache while every row passes over it). With
-    ``weight_resident`` only the weight's share beyond ``cache_bytes`` counts (``streamed_fraction``)."""
+    ``weight_resident`` the weight counts only when it does not fit in ``cache_bytes`` (``streamed_fraction``)."""
     wb = weight_bytes(fmt, m, k, nnz, index_bytes, block, nblocks)
     if weight_resident:
         wb *= streamed_fraction(wb, cache_bytes)
