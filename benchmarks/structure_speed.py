@@ -50,10 +50,43 @@ def parse_ckpts(items: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
+def layer_inputs(model: torch.nn.Module, names: list[str], size: int) -> dict[str, torch.Tensor]:
+    """Each layer's input on one ``[1, 3, size, size]`` image. A classifier built for another input size (the
+    digits VGG-16 expects 32x32) cannot run at 224: its Linear layers then get ``|N(0, 1)|`` rows of their own
+    width (batch 1), which is all their kernels' speed depends on besides the weights."""
+    mods = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def f(_m, args):
+            seen.setdefault(name, args[0].detach().clone())
+        return f
+
+    handles = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        with torch.inference_mode():
+            model(torch.randn(1, 3, size, size))
+    except RuntimeError:
+        pass  # a Linear sized for another input: filled below
+    finally:
+        for h in handles:
+            h.remove()
+    for n in names:
+        if isinstance(mods[n], torch.nn.Linear) and n in seen and seen[n].shape[-1] != mods[n].in_features:
+            del seen[n]  # the pre-hook saw the too-wide input the Linear then refused
+        if n not in seen:
+            if not isinstance(mods[n], torch.nn.Linear):
+                raise ValueError(f"layer {n!r} did not run at --size; try the size the model was trained at")
+            seen[n] = torch.randn(1, mods[n].in_features).abs()
+    return seen
+
+
 def measure(ckpts: list[tuple[str, Path]], size: int, kernels: str, repeats: int, budget_s: float,
             threads: int) -> list[dict]:
+    from tqdm.auto import tqdm
+
     from spruce.deploy.candidates import resolve_candidates
-    from spruce.deploy.plan import plan
+    from spruce.deploy.plan import plan_layer, prunable_layers
     from spruce.models.checkpoint import model_from_checkpoint
 
     torch.manual_seed(0)
@@ -63,11 +96,13 @@ def measure(ckpts: list[tuple[str, Path]], size: int, kernels: str, repeats: int
         print("note:", n)
     rows: dict[str, dict] = {}
     for label, path in ckpts:
-        model, meta = model_from_checkpoint(path)
-        x = torch.randn(1, 3, size, size)
-        p = plan(model, x, cands, mode="sparse", repeats=repeats, budget_s=budget_s, fuse=False, progress=True)
+        model, _ = model_from_checkpoint(path)
+        names = prunable_layers(model)
         mods = dict(model.named_modules())
-        for name, e in p.layers.items():
+        inputs = layer_inputs(model, names, size)
+        for name in tqdm(names, desc=label, unit="layer"):
+            e = plan_layer(name, mods[name], inputs[name], cands, "sparse", "latency", repeats=repeats,
+                           budget_s=budget_s)
             r = rows.setdefault(name, {"layer": name, "shape": "x".join(map(str, e["shape"])), "n": e["n"]})
             times = {k: v for k, v in e["candidates"].items() if isinstance(v, float) and k != "dense"}
             best = min(times, key=times.get) if times else None
