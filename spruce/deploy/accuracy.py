@@ -10,28 +10,9 @@ from spruce.deploy.compare import first_tensor
 
 
 def eval_loader(meta: dict[str, Any], batch_size: int | None = None) -> Any:
-    """The validation DataLoader of a checkpoint's data set (``meta = ckpt["spruce"]``); text sets get the model's
-    tokenizer. ValueError when the checkpoint names no data set."""
-    from spruce.data import build_datamodule
-    data = dict(meta.get("data") or {})
-    name = data.pop("name", None)
-    if not name:
-        raise ValueError("checkpoint names no data set (ckpt['spruce']['data']['name']); cannot measure accuracy")
-    from spruce.data import KINDS
-    tokenizer = None
-    if KINDS.get(name) == "text":
-        from spruce.models.bert import build_tokenizer
-        model_cfg = meta.get("model") or {}
-        tokenizer = build_tokenizer(model_cfg.get("name", "minilm"), model_cfg.get("pretrained"))
-    import inspect
-    from spruce.data import DATASETS
-    accepted = set(inspect.signature(DATASETS[name].__init__).parameters) if name in DATASETS else set()
-    kwargs = {k: v for k, v in data.items() if k in accepted}
-    if batch_size is not None and "batch_size" in accepted:
-        kwargs["batch_size"] = batch_size
-    dm = build_datamodule(name, tokenizer=tokenizer, **kwargs)
-    dm.setup("validate")
-    return dm.val_dataloader()
+    """The validation DataLoader of a checkpoint's data set (:func:`spruce.models.checkpoint.eval_loader`)."""
+    from spruce.models.checkpoint import eval_loader as loader
+    return loader(meta, batch_size, purpose="measure accuracy")
 
 
 def accuracy(model: nn.Module, loader: Any, max_batches: int | None = None) -> float:

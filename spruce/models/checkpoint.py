@@ -93,3 +93,28 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
                          f"{str(e).strip().splitlines()[0][:200]}") from None
     model.eval()
     return model, meta
+
+
+def eval_loader(meta: dict[str, Any], batch_size: int | None = None, purpose: str = "evaluate it") -> Any:
+    """The validation DataLoader of a checkpoint's data set (``meta = ckpt["spruce"]``); text sets get the model's
+    tokenizer. ValueError (one line, ending "cannot <purpose>") when the checkpoint names no data set. Shared by the
+    deploy runtime's accuracy and the study's activation sparsity."""
+    import inspect
+
+    from spruce.data import DATASETS, KINDS, build_datamodule
+    data = dict(meta.get("data") or {})
+    name = data.pop("name", None)
+    if not name:
+        raise ValueError(f"checkpoint names no data set (ckpt['spruce']['data']['name']); cannot {purpose}")
+    tokenizer = None
+    if KINDS.get(name) == "text":
+        from spruce.models.bert import build_tokenizer
+        model_cfg = meta.get("model") or {}
+        tokenizer = build_tokenizer(model_cfg.get("name", "minilm"), model_cfg.get("pretrained"))
+    accepted = set(inspect.signature(DATASETS[name].__init__).parameters) if name in DATASETS else set()
+    kwargs = {k: v for k, v in data.items() if k in accepted}
+    if batch_size is not None and "batch_size" in accepted:
+        kwargs["batch_size"] = batch_size
+    dm = build_datamodule(name, tokenizer=tokenizer, **kwargs)
+    dm.setup("validate")
+    return dm.val_dataloader()

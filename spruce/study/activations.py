@@ -11,7 +11,6 @@ ckpt=<.ckpt>`` writes ``activation_sparsity.csv/.md/.png`` (+ ``report.md``, ``c
 """
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -118,25 +117,10 @@ def measure(model: nn.Module, batches: Iterable[Any], max_images: int | None = N
 
 
 def eval_batches(meta: dict[str, Any], batch_size: int | None = None) -> Any:
-    """The validation DataLoader of a checkpoint's data set (``meta = ckpt["spruce"]``; text sets get the model's
-    tokenizer). The same choice as the deploy runtime's accuracy loader (the study may not import deploy)."""
-    from spruce.data import DATASETS, KINDS, build_datamodule
-    data = dict(meta.get("data") or {})
-    name = data.pop("name", None)
-    if not name:
-        raise ValueError("checkpoint names no data set (ckpt['spruce']['data']['name']); cannot measure activations")
-    tokenizer = None
-    if KINDS.get(name) == "text":
-        from spruce.models.bert import build_tokenizer
-        model_cfg = meta.get("model") or {}
-        tokenizer = build_tokenizer(model_cfg.get("name", "minilm"), model_cfg.get("pretrained"))
-    accepted = set(inspect.signature(DATASETS[name].__init__).parameters) if name in DATASETS else set()
-    kwargs = {k: v for k, v in data.items() if k in accepted}
-    if batch_size is not None and "batch_size" in accepted:
-        kwargs["batch_size"] = batch_size
-    dm = build_datamodule(name, tokenizer=tokenizer, **kwargs)
-    dm.setup("validate")
-    return dm.val_dataloader()
+    """The validation DataLoader of a checkpoint's data set (:func:`spruce.models.checkpoint.eval_loader`, the same
+    choice as the deploy runtime's accuracy loader)."""
+    from spruce.models.checkpoint import eval_loader
+    return eval_loader(meta, batch_size, purpose="measure activations")
 
 
 def checkpoint_activation_sparsity(ckpt: str | Path, max_images: int | None = None,
