@@ -17,23 +17,7 @@ OURS = ["spruce_csr", "spruce_csr_direct", "spruce_bsr4x1"]
 from shared_data import DLMC  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def extension():
-    """Build (or load the cached) extension once for this module; skip with the reason where it cannot."""
-    ok, why = build.availability()
-    if not ok:
-        pytest.skip(f"spruce_cpu unavailable: {why}")
-    return build.load()
-
-
-@pytest.fixture(autouse=True, params=list(build.ISAS))
-def isa(request, monkeypatch):
-    """Every test runs once per instruction set (forced through $SPRUCE_ISA), where the CPU has it."""
-    if request.param not in build.cpu_isas():
-        pytest.skip(f"this CPU lacks {request.param} (it has {build.cpu_isas()})")
-    monkeypatch.setenv(build.ENV, request.param)
-    assert build.isa() == request.param
-    return request.param
+from cpu_isa import extension, isa  # noqa: E402,F401  (autouse: every test once per ISA)
 
 
 def sparse_weight(m: int, k: int, density: float, seed: int = 0, empty_rows: int = 0) -> torch.Tensor:

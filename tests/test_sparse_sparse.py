@@ -11,22 +11,7 @@ from spruce.kernels.cpu import build
 from spruce.kernels.cpu.spsp import SparseActivation, SpspPacked, to_sparse_activation
 
 
-@pytest.fixture(scope="module", autouse=True)
-def extension():
-    ok, why = build.availability()
-    if not ok:
-        pytest.skip(f"spruce_cpu unavailable: {why}")
-    return build.load()
-
-
-@pytest.fixture(autouse=True, params=list(build.ISAS))
-def isa(request, monkeypatch):
-    """Every test runs once per instruction set (forced through $SPRUCE_ISA), where the CPU has it."""
-    if request.param not in build.cpu_isas():
-        pytest.skip(f"this CPU lacks {request.param} (it has {build.cpu_isas()})")
-    monkeypatch.setenv(build.ENV, request.param)
-    assert build.isa("conv") == request.param
-    return request.param
+from cpu_isa import extension, isa  # noqa: E402,F401  (autouse: every test once per ISA)
 
 
 def activation(shape, sparsity: float, seed: int, empty_channels: int = 0) -> torch.Tensor:

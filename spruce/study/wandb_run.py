@@ -13,29 +13,7 @@ FIGURES = ("speedup_curves", "winners", "amortisation", "real_vs_synthetic", "mo
 
 def log_report(report_dir: Path, cfg: dict[str, Any], summary: dict[str, Any], mode: str = "offline") -> Path | None:
     """Create one W&B run holding every CSV table, PNG figure and the summary scalars; returns its directory."""
-    if mode == "disabled":
-        return None
-    os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb
-
-    run = wandb.init(project="spruce-study", job_type="study", mode=mode, dir=str(report_dir),
-                     config={k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool, list, type(None)))})
-    try:
-        for name in TABLES:
-            path = Path(report_dir) / f"{name}.csv"
-            with path.open() as fh:
-                data = list(csv.reader(fh))
-            if len(data) > 1:
-                run.log({f"table/{name}": wandb.Table(columns=data[0], data=data[1:])})
-        for name in FIGURES:
-            run.log({f"figure/{name}": wandb.Image(str(Path(report_dir) / f"{name}.png"))})
-        for k, v in summary.items():
-            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
-                run.summary[k] = v
-        run_dir = Path(run.dir).parent
-    finally:
-        run.finish()
-    return run_dir
+    return log_files(report_dir, cfg, list(TABLES), list(FIGURES), summary, mode=mode)
 
 
 def log_files(report_dir: Path, cfg: dict[str, Any], tables: list[str], figures: list[str], summary: dict[str, Any],
