@@ -115,6 +115,16 @@ def test_config_from_a_whole_bench_config():
     assert c["sparsities"] == study_config.defaults(True)["sparsities"]
 
 
+def test_bench_mode_study_takes_top_level_threads():
+    # `bench.py mode=study threads=1` reaches the study; an explicit `study.threads=` wins over it
+    bench_cfg = {"mode": "study", "model": {"name": "vgg16"}, "threads": 1, "study": study_config.defaults()}
+    assert study_config.from_bench_mode(bench_cfg)["threads"] == 1
+    bench_cfg["study"] = {**study_config.defaults(), "threads": 2}
+    assert study_config.from_bench_mode(bench_cfg)["threads"] == 2
+    bench_cfg.update(threads=None, study=study_config.defaults())
+    assert study_config.from_bench_mode(bench_cfg)["threads"] is None
+
+
 # ---- the quick study end to end ---------------------------------------------------------------------------------
 def _seed_profile(monkeypatch, tmp_path, names):
     """A profile for every kernel in the cache, so the test measures nothing but the sweep."""

@@ -59,7 +59,7 @@ def from_bench(cfg: dict[str, Any]) -> dict[str, Any]:
 def from_bench_mode(cfg: dict[str, Any]) -> dict[str, Any]:
     """The study config of ``bench.py mode=study ...``: its ``study:`` group, with the model when ``model=`` was
     given explicitly (``model_explicit``), ``ckpt`` (implies ``source=ckpt``) and the top-level ``source``
-    shorthand over it."""
+    shorthand over it; the top-level ``threads`` where ``study.threads`` is null."""
     scfg = dict(cfg.get("study") or {})
     if scfg.get("model") is None and cfg.get("model_explicit"):
         scfg["model"] = (cfg.get("model") or {}).get("name")
@@ -68,6 +68,8 @@ def from_bench_mode(cfg: dict[str, Any]) -> dict[str, Any]:
         scfg["source"] = "ckpt"
     if cfg.get("source"):  # `bench.py mode=study source=dlmc` (top-level shorthand for study.source)
         scfg["source"] = cfg["source"]
+    if scfg.get("threads") is None and cfg.get("threads") is not None:  # `bench.py mode=study threads=1`
+        scfg["threads"] = cfg["threads"]
     return scfg
 
 
