@@ -197,6 +197,40 @@ def test_failing_kernel_is_recorded_not_timed(tmp_path, monkeypatch):
     assert by["torch_csr"]["status"] == "ok" and by["torch_csr"]["time_ms"] > 0
 
 
+
+@pytest.mark.parametrize("confirmed", [False, True])
+def test_hopeless_needs_a_confirming_measurement(monkeypatch, confirmed):
+    # one disturbed measurement (5x+ slower than dense) must not skip the lower sparsities; a confirmed one does
+    from spruce.kernels import registry
+    from spruce.kernels.torch_sparse import TorchCsr
+    from spruce.study import sweep
+    from spruce.study.sources import Case
+
+    script = [0.1, 0.1 if confirmed else 0.8]  # fastest-round speedups: the first timing, then its confirmation
+    calls = []
+
+    def fake_time_pair(ref, fn, repeats, budget_s):
+        ref(), fn()
+        r = script[len(calls)] if len(calls) < len(script) else 0.9
+        calls.append((repeats, budget_s))
+        return {"ref_median": r, "fn_median": 1.0, "ratio_median": r, "ref_min": r, "fn_min": 1.0,
+                "ratio_min": r, "rounds": repeats}
+    monkeypatch.setattr(sweep, "time_pair", fake_time_pair)
+    hopeless: dict = {}
+    rows = {}
+    for s in (0.9, 0.5):
+        case = Case("shapes", "tiny", "a", 16, 24, [4], "uniform", s, "g",
+                    lambda s=s: synthetic_weight("uniform", 16, 24, s))
+        rows[s] = {r["kernel"]: r for r in sweep.run_case(case, [TorchCsr()], registry.get("torch_dense"), 1,
+                                                          0.01, None, hopeless)}["torch_csr"]
+    assert calls[1] == (sweep.CONFIRM_ROUNDS, float("inf"))  # the confirmation is not cut by the budget
+    assert rows[0.9]["speedup"] == pytest.approx(0.1 if confirmed else 0.8)  # the better of the two is kept
+    if confirmed:
+        assert hopeless and rows[0.5]["status"] == "skipped" and len(calls) == 2
+    else:
+        assert not hopeless and rows[0.5]["status"] == "ok" and len(calls) == 3
+
+
 # ---- the model against the band of several runs ----------------------------------------------------------------
 def _xrow(shape, status, value=None, edge=None, kernel="best sparse"):
     label = f"{value:.2f}" if status == "cross" else (f"<={edge:.2f}" if status == "always" else f">{edge:.2f}")
