@@ -232,6 +232,47 @@ def test_calibration_passes_take_the_median_per_point():
     assert calls == ["a", "b"] * 3  # whole sweeps, not one point at a time
 
 
+def _plausible_profile(**kw) -> MachineProfile:
+    base = dict(name="t", peak_gflops=150.0, bw_gbs=20.0, cache_bytes=32e6, threads=2, llc_bw_gbs=150.0,
+                overhead_us={"torch_dense": 3.0, "spruce_csr": 8.0}, sparse_eff={},
+                gather_penalty={"torch_dense": 1.4, "spruce_csr": 0.9}, convert_ns={},
+                dense_eff={"by_k": {"256": {"1": 0.3, "1024": 1.1}}})
+    return MachineProfile(**{**base, **kw})
+
+
+def test_check_profile_flags_each_disturbed_number():
+    from spruce.perf.calibration import check_profile
+
+    assert check_profile(_plausible_profile()) == []
+    # the numbers of the disturbed v8 calibration of 2026-12-04 (issue 17's note), one at a time
+    (llc,) = check_profile(_plausible_profile(llc_bw_gbs=1.06, bw_gbs=12.8))
+    assert "LLC read bandwidth 1.06 GB/s is below the memory bandwidth 12.8" in llc
+    (peak,) = check_profile(_plausible_profile(peak_gflops=29.9, dense_eff={"by_k": {"256": {"128": 5.29}}}))
+    assert "5.29x the measured peak 29.9" in peak
+    (slow,) = check_profile(_plausible_profile(overhead_us={"torch_dense": 3.0, "spruce_csr": 6045.0}))
+    assert "spruce_csr" in slow and "torch_dense" not in slow and "6045 us" in slow
+    (odd,) = check_profile(_plausible_profile(gather_penalty={"torch_coo": 49.3, "spruce_csr": 0.9}))
+    assert "torch_coo (49.3)" in odd and "spruce_csr" not in odd
+    assert len(check_profile(_plausible_profile(llc_bw_gbs=1.0, overhead_us={"x": 5000.0}))) == 2
+
+
+def test_a_disturbed_calibration_says_so_and_records_it(monkeypatch, tmp_path, capsys):
+    import json
+    from spruce import kernels as registry
+    from spruce.perf import calibration as machine
+
+    bad = _plausible_profile(llc_bw_gbs=1.0)
+    monkeypatch.setattr(machine, "calibrate", lambda kernels, base, progress: bad)
+    path = tmp_path / "machine.json"
+    machine.load_or_calibrate([registry.get("torch_dense")], path=path, progress=False)
+    err = capsys.readouterr().err
+    assert "looks disturbed" in err and "python -m spruce.perf threads=2 recalibrate=true" in err
+    assert json.loads(path.read_text())["meta"]["warnings"] == machine.check_profile(bad)
+    monkeypatch.setattr(machine, "calibrate", lambda kernels, base, progress: _plausible_profile())
+    machine.load_or_calibrate([registry.get("torch_dense")], path=path, recalibrate=True, progress=False)
+    assert capsys.readouterr().err == "" and json.loads(path.read_text())["meta"]["warnings"] == []
+
+
 def test_weight_bytes_model_matches_every_cpu_kernel() -> None:
     """The memory model (index width, block shape) is the packed size each registered kernel reports."""
     from spruce import kernels as registry

@@ -323,6 +323,56 @@ def calibrate(kernels: Iterable, base: MachineProfile | None = None, progress: b
     return base
 
 
+#: bounds outside which a calibrated number is not this machine's speed but a disturbed measurement
+#: (``check_profile``): a tiny call's overhead, the dense GEMM's efficiency over the measured peak, a gather penalty
+MAX_OVERHEAD_US = 1000.0
+MAX_DENSE_EFF = 1.25
+GATHER_PENALTY_RANGE = (0.05, 20.0)
+
+
+def _leaves(table) -> list[float]:
+    """Every number of an efficiency table (a number, ``{"N": eff}``, or nested ``by_k`` / ``by_density``)."""
+    if isinstance(table, dict):
+        return [x for v in table.values() for x in _leaves(v)]
+    return [float(table)] if isinstance(table, (int, float)) else []
+
+
+def check_profile(prof: MachineProfile) -> list[str]:
+    """One line per calibrated number that cannot be this machine's speed (a run disturbed by other processes):
+    the LLC read slower than memory, a dense GEMM faster than the measured peak, a tiny call over
+    ``MAX_OVERHEAD_US``, a gather penalty outside ``GATHER_PENALTY_RANGE``. Empty when the profile is plausible."""
+    out = []
+    if prof.llc_bw_gbs and prof.bw_gbs and prof.llc_bw_gbs < prof.bw_gbs:
+        out.append(f"LLC read bandwidth {prof.llc_bw_gbs:.3g} GB/s is below the memory bandwidth {prof.bw_gbs:.3g} "
+                   "GB/s")
+    eff = max(_leaves(prof.dense_eff), default=0.0)
+    if eff > MAX_DENSE_EFF:
+        out.append(f"the dense GEMM ran at {eff:.2f}x the measured peak {prof.peak_gflops:.3g} GFLOP/s (the peak "
+                   "measurement was disturbed)")
+    slow = sorted(n for n, us in prof.overhead_us.items() if us > MAX_OVERHEAD_US)
+    if slow:
+        out.append(f"per-call overhead over {MAX_OVERHEAD_US:g} us for {', '.join(slow)} "
+                   f"(max {max(prof.overhead_us[n] for n in slow):.0f} us for a 16x16 call)")
+    lo, hi = GATHER_PENALTY_RANGE
+    odd = sorted(n for n, g in prof.gather_penalty.items() if not lo <= g <= hi)
+    if odd:
+        out.append(f"gather penalty outside [{lo:g}, {hi:g}] for " +
+                   ", ".join(f"{n} ({prof.gather_penalty[n]:.3g})" for n in odd))
+    return out
+
+
+def _warn_implausible(prof: MachineProfile, path: Path) -> None:
+    """Record ``check_profile``'s findings in ``meta["warnings"]`` and say them on stderr, with the way out."""
+    found = check_profile(prof)
+    prof.meta["warnings"] = found
+    if found:
+        import sys
+        print(f"spruce: the machine profile {path} looks disturbed (another process had the CPU?): "
+              + "; ".join(found) + ". Recalibrate on a quiet machine: "
+              f"python -m spruce.perf threads={prof.threads} recalibrate=true",
+              file=sys.stderr)
+
+
 def load_or_calibrate(kernels: Iterable, recalibrate: bool = False, path: Path | None = None,
                       progress: bool = True) -> MachineProfile:
     """The cached profile for this machine, calibrating (and caching) whatever is missing."""
@@ -337,5 +387,6 @@ def load_or_calibrate(kernels: Iterable, recalibrate: bool = False, path: Path |
     before = None if base is None else json.dumps(base.to_dict(), sort_keys=True)
     prof = calibrate(kernels, base, progress)
     if json.dumps(prof.to_dict(), sort_keys=True) != before:
+        _warn_implausible(prof, path)  # said once, when something was measured; kept in the cached file
         io.write_json(path, prof.to_dict(), sort_keys=True)
     return prof
