@@ -198,16 +198,64 @@ def test_soft_movement_scores_by_hand():
     assert torch.equal(q.movement.scores["0"], p.movement.scores["0"])
 
 
-def test_soft_movement_pruned_weights_stay_pruned():
+def test_hard_movement_revives_a_weight_whose_score_rises():
+    # Sanh et al. (straight-through): a pruned weight's score still moves with the gradient of the masked weight
+    # times the value it had when pruned, and it comes back, with that value, once its score is in the top-k again
+    lin, p = _two_by_two("movement")
+    p.accumulate()  # S = -w*g = [[-0.1, 0.2], [0.6, -0.2]]
+    p.step(0.25)  # prunes (1,1): w = 0.5 -> 0
+    assert lin.weight_mask.tolist() == [[True, True], [True, False]] and lin.weight[1, 1] == 0
+    lin.weight.grad = torch.tensor([[0.0, 0.0], [0.0, -2.0]])  # dL/dW'_11 = -2: the masked weight wants to grow
+    p.accumulate()  # S11 = -0.2 - 0.5 * (-2) = 0.8 (0.5: its value when pruned, not the 0 in the model)
+    assert p.movement.scores["0"][1, 1].item() == pytest.approx(0.8)
+    assert lin.weight.grad[1, 1] == 0  # masked once the scores have read it
+    p.step(0.25)  # now (0,0) at -0.1 is the lowest: it goes; (1,1) comes back with 0.5
+    assert lin.weight_mask.tolist() == [[False, True], [True, True]]
+    assert lin.weight.tolist() == [[0.0, -2.0], [3.0, 0.5]]
+    assert p.movement.shadow["0"][0, 0] == 1.0  # kept for a later revival
+    # the shadow travels in the pruner's state (a plain tensor dict, weights_only-safe) ...
+    q = sp.MagnitudePruner(score="movement")
+    q.load_state_dict(p.state_dict())
+    assert torch.equal(q.movement.shadow["0"], p.movement.shadow["0"])
+    # ... and a checkpoint from before (scores only, {layer: S}) still loads
+    q.load_state_dict({**p.state_dict(), "movement": {"0": torch.ones(2, 2)}})
+    assert torch.equal(q.movement.scores["0"], torch.ones(2, 2)) and q.movement.shadow == {}
+
+
+def test_soft_movement_revives_a_weight_whose_score_rises():
     lin, p = _two_by_two("soft_movement", score_lr=0.1)
-    p.accumulate()
-    p.step(0.5)
-    before = lin.weight_mask.clone()
-    lin.weight.grad = torch.tensor([[-5.0, -5.0], [5.0, 5.0]]) * lin.weight_mask  # masked like the hook does
+    p.accumulate()  # one Adam step: S = -0.1 sign(w*g) = [[-0.1, 0.1], [0.1, -0.1]]
+    p.step(0.25)  # a tie at -0.1: the first position goes
+    assert lin.weight_mask.tolist() == [[False, True], [True, True]] and lin.weight[0, 0] == 0
     for _ in range(5):
+        lin.weight.grad = torch.tensor([[-5.0, 0.0], [0.0, 0.0]])  # the pruned w=1 is pushed away from zero
         p.accumulate()
-    p.step(0.5)
-    assert torch.equal(lin.weight_mask, before)
+    s = p.movement.scores["0"]
+    assert s[0, 0] > s[1, 1]  # its score rose past (1,1)'s (whose Adam momentum keeps it falling)
+    p.step(0.25)
+    assert lin.weight_mask.tolist() == [[True, True], [True, False]]
+    assert lin.weight[0, 0] == 1.0 and lin.weight[1, 1] == 0 and p.movement.shadow["0"][1, 1] == 0.5
+
+
+@pytest.mark.parametrize("score", ["magnitude", "movement", "soft_movement"])
+def test_gradient_of_pruned_weights_reaches_only_movement_scores(score):
+    lin = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -2.0], [3.0, 0.5]]))
+    p = sp.MagnitudePruner(score=score)
+    p.prepare(nn.Sequential(lin), ["0"])
+    p.step(0.25)  # magnitude prunes |w| = 0.5 at (1,1); movement scores are all 0 yet, the tie goes to (0,0)
+    i, j = (1, 1) if score == "magnitude" else (0, 0)
+    assert int((~lin.weight_mask).sum()) == 1 and not lin.weight_mask[i, j]
+    lin(torch.ones(1, 2)).sum().backward()  # dL/dW' = 1 everywhere
+    # magnitude masks the gradient in its hook; movement passes it whole to accumulate(), which masks it
+    assert lin.weight.grad[i, j].item() == (0.0 if score == "magnitude" else 1.0)
+    p.accumulate()
+    assert lin.weight.grad.tolist() == lin.weight_mask.float().tolist()
+    if score == "movement":  # the pruned entry's score read its gradient with its value when pruned: -1.0 * 1
+        assert p.movement.scores["0"][0, 0].item() == pytest.approx(-1.0)
+    p.squash()
+    assert not hasattr(lin, "_spruce_defer_grad_mask")
 
 
 # ---- speed-guided targets -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ weights) plus a buffer ``weight_mask`` (same shape, ``torch.bool``; ``False`` = 
 pruned weights at exactly zero:
 
 * a gradient hook on ``weight`` zeroes the gradient where the mask is ``False`` (so plain SGD cannot move them);
+  movement pruning defers this to its own step (``DEFER_GRAD_MASK``): it reads the pruned entries' gradient first;
 * :func:`mask_after_step` re-applies the masks after every ``optimizer.step()``, because momentum buffers,
   Adam moments from before the pruning step and weight decay can still move a weight whose gradient is zero.
 
@@ -23,6 +24,10 @@ from torch.utils.hooks import RemovableHandle
 MASK_NAME = "weight_mask"
 MASKABLE = (nn.Linear, nn.Conv2d)
 _HOOK_ATTR = "_spruce_mask_grad_hook"  # on the weight Parameter: the handle of its gradient hook
+#: a module attribute: when True the gradient hook passes the whole gradient through, and whoever set it masks the
+#: gradient itself before the optimizer step (movement scores read the gradient of the pruned entries first;
+#: ``MagnitudePruner.accumulate``); the post-step re-masking keeps the pruned weights at zero either way
+DEFER_GRAD_MASK = "_spruce_defer_grad_mask"
 
 
 class _MaskGrad:
@@ -35,7 +40,7 @@ class _MaskGrad:
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
         module = self._module()
         mask = None if module is None else getattr(module, MASK_NAME, None)
-        if mask is None:
+        if mask is None or getattr(module, DEFER_GRAD_MASK, False):
             return grad
         return grad.masked_fill(~mask, 0)
 

@@ -6,9 +6,11 @@
   - ``scope="layerwise"``: every layer gets exactly ``round(sparsity * numel)`` pruned weights;
   - ``scope="global"``: one threshold over all layers, exactly ``round(sparsity * total)`` pruned weights.
 
-  Ties are broken by position (see ``select.py``), so the masks are deterministic. Masks are monotone: already
-  pruned weights get score ``-inf`` and are always among the pruned; a target below the current sparsity leaves
-  the masks unchanged (a pruned weight never comes back).
+  Ties are broken by position (see ``select.py``), so the masks are deterministic. Magnitude masks are monotone:
+  already pruned weights get score ``-inf`` and are always among the pruned; a target below the current sparsity
+  leaves the masks unchanged (a pruned weight never comes back). Movement masks are not (Sanh et al. 2020): every
+  step takes the top-k of all scores, and a revived weight gets back the value it had when pruned
+  (``scores.RevivableScores``).
 * ``squash()`` drops the masks, leaving plain weights with exact zeros.
 
 ``round`` is Python's (half to even); ``sparsity()`` counts the zeros of the masked weights.
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from spruce.prune.masks import MASK_NAME, MASKABLE, apply_mask_, attach_mask, remove_mask
+from spruce.prune.masks import DEFER_GRAD_MASK, MASK_NAME, MASKABLE, apply_mask_, attach_mask, remove_mask
 from spruce.prune.scores import SCORES, MovementScores, SoftMovementScores, magnitude_score
 from spruce.prune.select import lowest_k_global
 from spruce.prune.structure import Structure, structured_lowest
@@ -95,6 +97,8 @@ class MagnitudePruner:
         self.layers = list(self.modules)
         for m in self.modules.values():
             attach_mask(m)
+            if self.revivable:  # accumulate() reads the pruned entries' gradient, then masks it itself
+                setattr(m, DEFER_GRAD_MASK, True)
 
     def _require_prepared(self) -> None:
         if not self.modules:
@@ -105,7 +109,20 @@ class MagnitudePruner:
         s = magnitude_score(w).float() if self.score == "magnitude" else self.movement.score(name, w)
         if torch.isnan(s).any():
             raise ValueError(f"layer {name!r} has NaN weights or scores; cannot rank them for pruning")
+        if self.revivable:
+            return s  # every weight competes, pruned ones included
         return s.masked_fill(~getattr(m, MASK_NAME), float("-inf"))
+
+    @property
+    def revivable(self) -> bool:
+        """Whether a pruned weight can come back (movement scores: straight-through, non-monotone masks)."""
+        return self.score in ("movement", "soft_movement")
+
+    def _set_mask(self, name: str, m: nn.Module, mask: torch.Tensor, pruned: torch.Tensor) -> None:
+        if self.revivable:
+            self.movement.set_mask(name, m, ~pruned.to(mask.device))
+        else:
+            mask.logical_and_(~pruned.to(mask.device))
 
     def _layer_targets(self, sparsity: float | Mapping[str, float]) -> dict[str, float]:
         if isinstance(sparsity, Mapping):
@@ -138,17 +155,20 @@ class MagnitudePruner:
         if self.scope == "layerwise":
             for name, target in targets.items():
                 m, mask = self.modules[name], masks[name]
-                if self.structure.unstructured and round(target * mask.numel()) <= int((~mask).sum()):
+                if (not self.revivable and self.structure.unstructured
+                        and round(target * mask.numel()) <= int((~mask).sum())):
                     continue  # monotone: nothing new to prune (skips the ranking)
-                pruned = structured_lowest(self._scores(name, m), target, self.structure)
-                mask.logical_and_(~pruned.to(mask.device))
+                self._set_mask(name, m, mask, structured_lowest(self._scores(name, m), target, self.structure))
         else:
             total = sum(mask.numel() for mask in masks.values())
             k = round(float(sparsity) * total)
-            if k > sum(int((~mask).sum()) for mask in masks.values()):
+            if self.revivable or k > sum(int((~mask).sum()) for mask in masks.values()):
                 pruned = lowest_k_global([self._scores(n, m) for n, m in self.modules.items()], k)
-                for mask, p in zip(masks.values(), pruned):
-                    mask.copy_(~p.to(mask.device))
+                for (name, m), mask, p in zip(self.modules.items(), masks.values(), pruned):
+                    if self.revivable:
+                        self.movement.set_mask(name, m, ~p.to(mask.device))
+                    else:
+                        mask.copy_(~p.to(mask.device))
         self.apply_masks()
         self.target = dict(sparsity) if isinstance(sparsity, Mapping) else float(sparsity)
         return self.sparsity()
@@ -159,7 +179,8 @@ class MagnitudePruner:
             apply_mask_(m)
 
     def accumulate(self) -> None:
-        """Movement scores: add ``-w * grad`` (call after backward, before the optimizer step); no-op otherwise."""
+        """Movement scores: update them from the whole gradient, then zero the pruned entries' gradient (call after
+        backward, before the optimizer step and any gradient clipping); no-op for magnitude."""
         if self.score in ("movement", "soft_movement"):
             self.movement.accumulate(self.modules)
 
@@ -171,6 +192,8 @@ class MagnitudePruner:
         """Drop the masks (weights keep their exact zeros); returns the squashed layer names. Ends the cycle."""
         for m in self.modules.values():
             remove_mask(m)
+            if hasattr(m, DEFER_GRAD_MASK):
+                delattr(m, DEFER_GRAD_MASK)
         squashed, self.modules = list(self.modules), {}
         return squashed
 
