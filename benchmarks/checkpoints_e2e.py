@@ -22,16 +22,6 @@ sys.path.insert(0, str(ROOT))
 from spruce import io  # noqa: E402
 
 
-def parse(items: list[str]) -> list[tuple[str, Path]]:
-    out = []
-    for it in items:
-        label, sep, path = it.partition("=")
-        if not sep or not label or not Path(path).is_file():
-            raise ValueError(f"checkpoint argument {it!r} is not allowed; write label=<existing .ckpt file>")
-        out.append((label, Path(path)))
-    return out
-
-
 def bench_once(ckpt: Path, a: argparse.Namespace, out: Path) -> dict:
     cmd = [sys.executable, "bench.py", "deploy=auto", f"ckpt={ckpt}", f"threads={a.threads}",
            f"repeats={a.repeats}", "logger.wandb=false", "progress=false", f"out_dir={out}", *a.bench_args]
@@ -51,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench-args", nargs="*", default=[], help="more bench.py overrides, e.g. compile=off")
     a = ap.parse_args(argv)
     try:
-        ckpts = parse(a.ckpts)
+        ckpts = io.labelled_files(a.ckpts)
         if a.rounds < 1:
             raise ValueError(f"--rounds {a.rounds} is not allowed; it must be >= 1")
     except ValueError as e:

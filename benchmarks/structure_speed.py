@@ -35,21 +35,6 @@ def block_fill(w: torch.Tensor, rows: int, cols: int) -> float:
     return float(tiles.float().mean())
 
 
-def parse_ckpts(items: list[str]) -> list[tuple[str, Path]]:
-    out = []
-    for it in items:
-        label, sep, path = it.partition("=")
-        if not sep or not label or not path:
-            raise ValueError(f"checkpoint argument {it!r} is not allowed; write label=<path to .ckpt>")
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"checkpoint {path!r} (label {label!r}) does not exist")
-        out.append((label, p))
-    if len({lab for lab, _ in out}) != len(out):
-        raise ValueError(f"checkpoint labels must differ, got {', '.join(lab for lab, _ in out)}")
-    return out
-
-
 def layer_inputs(model: torch.nn.Module, names: list[str], size: int) -> dict[str, torch.Tensor]:
     """Each layer's input on one ``[1, 3, size, size]`` image. A classifier built for another input size (the
     digits VGG-16 expects 32x32) cannot run at 224: its Linear layers then get ``|N(0, 1)|`` rows of their own
@@ -130,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output prefix: <out>.md, <out>.csv")
     a = ap.parse_args(argv)
     try:
-        ckpts = parse_ckpts(a.ckpts)
+        ckpts = io.labelled_files(a.ckpts)
         if a.size < 32:
             raise ValueError(f"--size {a.size} is not allowed; VGG-16 needs >= 32")
         rows = measure(ckpts, a.size, a.kernels, a.repeats, a.budget, a.threads)

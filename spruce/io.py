@@ -114,3 +114,20 @@ def first_line(exc: BaseException, limit: int | None = None, with_type: bool = F
     if with_type:
         line = f"{type(exc).__name__}: {line}"
     return line[:limit] if limit is not None else line
+
+
+def labelled_files(items: Sequence[str], what: str = "checkpoint") -> list[tuple[str, Path]]:
+    """``["label=path", ...]`` command-line arguments as ``[(label, Path)]``: ValueError in one line for an item
+    without ``label=``, a file that does not exist, or a label given twice."""
+    out = []
+    for it in items:
+        label, sep, path = it.partition("=")
+        if not sep or not label or not path:
+            raise ValueError(f"{what} argument {it!r} is not allowed; write label=<path>")
+        if not Path(path).is_file():
+            raise ValueError(f"{what} {path!r} (label {label!r}) does not exist")
+        out.append((label, Path(path)))
+    labels = [lab for lab, _ in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{what} labels must differ, got {', '.join(labels)}")
+    return out

@@ -497,3 +497,26 @@ def test_cli_bad_inputs_one_line_no_traceback_no_files(env, tmp_path) -> None:
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (k, lines)
     assert sorted(p.name for p in out.iterdir()) == [], "files left behind"
     assert (env.user_dir / "thesis.tex").read_text() == "precious"
+
+
+def test_labelled_checkpoint_arguments_of_the_benchmarks(tmp_path, capsys):
+    # benchmarks/structure_speed.py and checkpoints_e2e.py read `label=<ckpt>` through one parser
+    import importlib.util
+    from spruce.io import labelled_files
+
+    a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    a.write_bytes(b""), b.write_bytes(b"")
+    assert labelled_files([f"u={a}", f"g={b}"]) == [("u", a), ("g", b)]
+    for bad, msg in (([str(a)], "write label=<path>"), ([f"u={tmp_path / 'no.ckpt'}"], "does not exist"),
+                     ([f"u={a}", f"u={b}"], "labels must differ"), (["=x"], "write label=<path>")):
+        with pytest.raises(ValueError, match=msg):
+            labelled_files(bad)
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    for script in ("structure_speed", "checkpoints_e2e"):
+        spec = importlib.util.spec_from_file_location(script, root / f"{script}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert mod.main([f"u={a}", f"u={b}", "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "labels must differ, got u, u" in err[0]
+        assert not list(tmp_path.glob("o*"))
