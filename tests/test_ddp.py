@@ -177,3 +177,37 @@ def test_threads_per_sweep_job_share_the_cores():
     assert launcher_threads({"_target_": slurm, "cpus_per_task": 4}, {}, 64) == 4
     assert launcher_threads({"_target_": slurm, "cpus_per_task": 4}, {"SLURM_CPUS_PER_TASK": "6"}, 64) == 6
     assert launcher_threads({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, {}, 8) is None
+
+
+def test_lr_schedule_continues_in_epochs_on_other_steps_per_epoch(tmp_path, monkeypatch):
+    """A resume with other steps per epoch (another number of ranks; here other `limit_train_batches`, in one
+    process) continues the warm-up + cosine LR schedule at the saved epoch position, not at the old step count."""
+    import csv
+    import math
+
+    from test_bad_inputs import _compose
+    from spruce.models.module import SpruceModule
+    from spruce.models.train_job import train as train_in_process
+
+    common = ["model.width_div=16", "data.limit=200", "logger=csv", "trainer.enable_progress_bar=false",
+              "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1", "model.optim.warmup=0",
+              "model.optim.lr=0.05", "trainer.max_epochs=2", "prune.final=0.5", "prune.start=0", "prune.end=1"]
+    real_end = SpruceModule.on_train_epoch_end
+
+    def stop_after_one_epoch(self):  # an interrupted run: its checkpoint is at epoch 1 of a 2-epoch schedule
+        self.trainer.should_stop = True
+    monkeypatch.setattr(SpruceModule, "on_train_epoch_end", stop_after_one_epoch, raising=False)
+    train_in_process(_compose("train", [*common, "trainer.limit_train_batches=3"]), tmp_path / "first")
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True, map_location="cpu")
+    assert saved["global_step"] == 3 and saved["spruce"]["lr_epoch_position"] == pytest.approx(1.0)
+    monkeypatch.setattr(SpruceModule, "on_train_epoch_end", real_end, raising=False)
+    train_in_process(_compose("train", [*common, "trainer.limit_train_batches=2", f"ckpt_path={ckpt}"]),
+                     tmp_path / "second")
+    rows = list(csv.DictReader((tmp_path / "second" / "csv" / "version_0" / "metrics.csv").open()))
+    lrs = [float(r["lr-SGD/pg1"]) for r in rows if r.get("lr-SGD/pg1")]  # one LR per parameter group
+    # epoch 1 of 2 at 2 steps per epoch is steps 2 and 3 of 4: cosine at progress 0.5 (the LR the checkpoint holds)
+    # and 0.75; the old step count (4 of 4) would have put the second at the schedule's end, 0
+    assert lrs == pytest.approx([0.05 * 0.5 * (1 + math.cos(math.pi * p)) for p in (0.5, 0.75)], rel=1e-5)
+    final = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert final["spruce"]["lr_epoch_position"] == pytest.approx(2.0)

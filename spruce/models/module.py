@@ -9,6 +9,7 @@ Cross-entropy loss, accuracy, SGD or AdamW with warm-up + cosine. It records acc
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -80,6 +81,10 @@ class SpruceModule(L.LightningModule):
         self.metrics: dict[str, Any] = {"val_acc_initial": None, "val_acc_dense": None, "dense_epoch": None,
                                         "val_acc": None, "val_loss": None, "val_epoch": None}
         self._val = {"loss": 0.0, "correct": 0, "count": 0}
+        # the LR schedule in epochs across a resume on another number of steps per epoch (e.g. more ranks): the
+        # saved epoch position and global step, and the offset of this run's step count to the schedule's step
+        self._resumed_lr: tuple[float, int] | None = None
+        self._lr_offset = 0
 
     # ---- forward and metrics ---------------------------------------------------------------------------
     def forward(self, inputs: Any) -> torch.Tensor:
@@ -167,7 +172,7 @@ class SpruceModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         factor = warmup_cosine(total, float(self.optim_cfg.get("warmup", 0.0)),
                                float(self.optim_cfg.get("min_lr_ratio", 0.0)))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(step + self._lr_offset))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- checkpoints ------------------------------------------------------------------------------------
@@ -183,11 +188,40 @@ class SpruceModule(L.LightningModule):
             "version": CHECKPOINT_VERSION,
         }
 
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps per epoch of this run (None without a trainer)."""
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        n = trainer.num_training_batches
+        if not isinstance(n, (int, float)) or n != n or n in (0, float("inf")):
+            return None
+        return max(1, math.ceil(n / max(1, trainer.accumulate_grad_batches)))
+
+    def lr_epoch_position(self) -> float | None:
+        """Epochs of the LR schedule done: ``(global_step + offset) / steps_per_epoch`` (saved in checkpoints)."""
+        spe = self.steps_per_epoch()
+        return None if spe is None else (int(self.trainer.global_step) + self._lr_offset) / spe
+
+    def on_train_start(self) -> None:
+        # a resume with another number of steps per epoch continues the LR schedule at the saved epoch position
+        # (the scheduler's own step count is in the old run's steps): offset = position in this run's steps - count
+        spe = self.steps_per_epoch()
+        if self._resumed_lr is not None and spe is not None:
+            pos, step = self._resumed_lr
+            self._lr_offset = round(pos * spe) - step
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["spruce"] = self.spruce_meta()
+        pos = self.lr_epoch_position()
+        if pos is not None:
+            checkpoint["spruce"]["lr_epoch_position"] = pos
         checkpoint.pop("hyper_parameters", None)
         checkpoint.pop("datamodule_hyper_parameters", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = (checkpoint.get("spruce") or {}).get("metrics") or {}
+        spruce = checkpoint.get("spruce") or {}
+        if spruce.get("lr_epoch_position") is not None:  # checkpoints from before had no position: offset 0
+            self._resumed_lr = (float(spruce["lr_epoch_position"]), int(checkpoint.get("global_step", 0)))
+        saved = spruce.get("metrics") or {}
         self.metrics.update({k: v for k, v in saved.items() if k in self.metrics})
