@@ -3,8 +3,10 @@
 Each job folder of a Hydra multirun holds ``.hydra/config.yaml`` and ``summary.json`` (written last by
 ``train.py``); jobs are grouped by everything that defines the method (model, data, scope, score, final sparsity,
 block, N:M, per-layer targets) and the seeds of a group are summarised: mean, sample standard deviation, min-max,
-and the dense accuracy each run measured before pruning began (``val_acc_dense``). Jobs without a
-``summary.json`` (still running, or failed) are counted and listed, never silently averaged in.
+and the dense accuracy each run measured before pruning began (``val_acc_dense``); from the jobs' CSV logs
+(``logger=csv``), the accuracy after each epoch (``<out>_curves.md/.png``). Jobs without a ``summary.json`` (still
+running, or failed) are counted and listed, never silently averaged in. A folder may also hold single runs
+(``train.py ... hydra.run.dir=<folder>/<name>``).
 
     python train.py -m experiment=minilm_fortunes prune.final=0.8,0.9 prune.score=magnitude,movement,soft_movement \\
         seed=0,1,2 threads=2 logger=csv hydra.sweep.dir=runs/minilm
@@ -13,6 +15,7 @@ and the dense accuracy each run measured before pruning began (``val_acc_dense``
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import statistics
@@ -44,7 +47,7 @@ def job_row(job: Path) -> dict | None:
         return None
     cfg = yaml.safe_load(cfg_file.read_text())
     p = cfg.get("prune", {})
-    row = {"job": job.name, "model": cfg["model"]["name"], "data": cfg["data"]["name"],
+    row = {"job": job.name, "path": str(job), "model": cfg["model"]["name"], "data": cfg["data"]["name"],
            "method": p.get("method"), "scope": p.get("scope"), "score": p.get("score"),
            "final": 0.0 if p.get("method") == "none" else p.get("final"),
            "structure": _structure(p), "block": str(p.get("block")), "n_m": str(p.get("n_m")),
@@ -97,6 +100,73 @@ def summarise(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda r: (r["model"], r["final"], r["structure"], r["method"]))
 
 
+def val_curve(job: Path) -> dict[int, float]:
+    """``{epoch: validation accuracy}`` from the job's Lightning CSV log (its last version); ``{}`` without one."""
+    files = sorted(job.glob("csv/version_*/metrics.csv"), key=lambda f: int(f.parent.name.split("_")[-1]))
+    out: dict[int, float] = {}
+    if files:
+        with files[-1].open(newline="") as f:
+            for r in csv.DictReader(f):
+                if r.get("val/acc") and r.get("epoch"):
+                    out[int(float(r["epoch"]))] = float(r["val/acc"])
+    return out
+
+
+def curves(rows: list[dict]) -> list[dict]:
+    """Per method group (as ``summarise``): the mean, min and max over seeds of the validation accuracy (percent)
+    after each epoch, from the jobs' CSV logs; groups without logs are left out."""
+    groups: dict[tuple, list[dict[int, float]]] = {}
+    firsts: dict[tuple, dict] = {}
+    for r in rows:
+        c = val_curve(Path(r["path"]))
+        if c:
+            key = tuple(r[k] for k in GROUP_KEYS)
+            groups.setdefault(key, []).append(c)
+            firsts.setdefault(key, r)
+    out = []
+    for key, cs in groups.items():
+        first = firsts[key]
+        epochs = sorted(set().union(*cs))
+        per = {e: [100 * c[e] for c in cs if e in c] for e in epochs}
+        out.append({"method": first["score"] if first["method"] != "none" else "dense", "final": first["final"],
+                    "structure": first["structure"], "seeds": len(cs), "epochs": epochs,
+                    "mean": [statistics.fmean(per[e]) for e in epochs], "min": [min(per[e]) for e in epochs],
+                    "max": [max(per[e]) for e in epochs]})
+    return sorted(out, key=lambda r: (r["final"], r["structure"], r["method"]))
+
+
+def curves_table(cs: list[dict]) -> str:
+    """Markdown: one row per group, the mean accuracy after each epoch."""
+    epochs = sorted(set().union(*(c["epochs"] for c in cs)))
+    head = "| method | structure | target | seeds | " + " | ".join(f"epoch {e + 1}" for e in epochs) + " |"
+    lines = [head, "|" + "---|" * (4 + len(epochs))]
+    for c in cs:
+        by = dict(zip(c["epochs"], c["mean"]))
+        cells = [f"{by[e]:.1f}" if e in by else "" for e in epochs]
+        lines.append(f"| {c['method']} | {c['structure']} | {c['final']:.2f} | {c['seeds']} | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(cs: list[dict], path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    for c in cs:
+        x = [e + 1 for e in c["epochs"]]
+        line, = ax.plot(x, c["mean"], marker="o", label=f"{c['method']} {c['structure']} {c['final']:.2f} "
+                                                         f"({c['seeds']} seeds)")
+        ax.fill_between(x, c["min"], c["max"], color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy % (line: mean; band: min-max over seeds)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return io.write_figure(path, fig)
+
+
 COLUMNS = [("model", "model", ""), ("score / method", "method", ""), ("structure", "structure", ""),
            ("target", "final", ".2f"), ("measured sparsity", "overall", ".4f"), ("seeds", "seeds", "d"),
            ("accuracy % (mean)", "acc_mean", ".2f"), ("std", "acc_std", ".2f"), ("min", "acc_min", ".2f"),
@@ -144,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     io.atomic_write(a.out.with_suffix(".md"), f"{table}{note}\n`{cmd}`\n")
     io.write_csv(a.out.with_suffix(".csv"), rows, [k for k in rows[0] if k != "done"])
     plot(summary, a.out.with_suffix(".png"))
+    cs = curves(rows)
+    if cs:  # accuracy after each epoch, from the jobs' CSV logs (logger=csv)
+        ctab = curves_table(cs)
+        io.atomic_write(a.out.with_name(a.out.name + "_curves.md"), f"Validation accuracy % after each epoch (mean "
+                        f"over seeds)\n\n{ctab}\n\n`{cmd}`\n")
+        plot_curves(cs, a.out.with_name(a.out.name + "_curves.png"))
+        note += f"\n{ctab}\n"
     print(table + note)
     return 0
 

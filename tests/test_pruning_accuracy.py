@@ -73,3 +73,30 @@ def test_bad_folder_is_one_line_error(agg, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: sweep folder") and "missing" in err and len(err.splitlines()) == 1
     assert not list(tmp_path.glob("o*"))
+
+
+def test_accuracy_after_each_epoch_from_the_csv_logs(agg, tmp_path):
+    runs = tmp_path / "runs"
+    curves = {("movement", 0): [0.70, 0.17, 0.50], ("movement", 1): [0.72, 0.19, 0.60], ("magnitude", 0): [0.7, 0.6]}
+    for i, ((score, seed), accs) in enumerate(curves.items()):
+        _job(runs, f"{i}_j", score, 0.8, seed, accs[-1])
+        log = runs / f"{i}_j" / "csv" / "version_0"
+        log.mkdir(parents=True)
+        lines = ["epoch,step,train/loss,val/acc"]
+        for e, a in enumerate(accs):  # a training row without val/acc between the validation rows
+            lines += [f"{e},{10 * e + 5},1.5,", f"{e},{10 * e + 9},,{a}"]
+        (log / "metrics.csv").write_text("\n".join(lines) + "\n")
+    _job(runs, "9_nolog", "magnitude", 0.8, 1, 0.65)  # no CSV log: in the summary, not in the curves
+    rows, _ = agg.collect([runs])
+    cs = {c["method"]: c for c in agg.curves(rows)}
+    assert cs["movement"]["epochs"] == [0, 1, 2] and cs["movement"]["seeds"] == 2
+    assert cs["movement"]["mean"] == pytest.approx([71.0, 18.0, 55.0])
+    assert (cs["movement"]["min"][1], cs["movement"]["max"][1]) == pytest.approx((17.0, 19.0))
+    assert cs["magnitude"]["seeds"] == 1 and cs["magnitude"]["mean"] == pytest.approx([70.0, 60.0])
+    out = tmp_path / "out" / "acc"
+    assert agg.main([str(runs), "--out", str(out)]) == 0
+    md = (tmp_path / "out" / "acc_curves.md").read_text()
+    assert "| movement | unstructured | 0.80 | 2 | 71.0 | 18.0 | 55.0 |" in md
+    assert "| magnitude | unstructured | 0.80 | 1 | 70.0 | 60.0 |  |" in md
+    assert (tmp_path / "out" / "acc_curves.png").stat().st_size > 0
+
