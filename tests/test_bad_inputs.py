@@ -501,7 +501,7 @@ def test_cli_bad_inputs_one_line_no_traceback_no_files(env, tmp_path) -> None:
 
 def test_labelled_checkpoint_arguments_of_the_benchmarks(tmp_path, capsys):
     # benchmarks/structure_speed.py and checkpoints_e2e.py read `label=<ckpt>` through one parser
-    import importlib.util
+    import bench_scripts
     from spruce.io import labelled_files
 
     a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
@@ -511,11 +511,8 @@ def test_labelled_checkpoint_arguments_of_the_benchmarks(tmp_path, capsys):
                      ([f"u={a}", f"u={b}"], "labels must differ"), (["=x"], "write label=<path>")):
         with pytest.raises(ValueError, match=msg):
             labelled_files(bad)
-    root = Path(__file__).resolve().parents[1] / "benchmarks"
     for script in ("structure_speed", "checkpoints_e2e"):
-        spec = importlib.util.spec_from_file_location(script, root / f"{script}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        mod = bench_scripts.load(script)
         assert mod.main([f"u={a}", f"u={b}", "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "labels must differ, got u, u" in err[0]

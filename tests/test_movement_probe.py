@@ -2,22 +2,17 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+import bench_scripts
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("movement_probe", ROOT / "benchmarks" / "movement_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_scripts.load("movement_probe")
 
 
 def test_pruned_accuracy_prunes_exactly_and_puts_the_weights_back(probe):

@@ -1,7 +1,6 @@
 """benchmarks/pruning_accuracy.py: seeds of one method are grouped, summarised and unfinished jobs left out."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
@@ -10,15 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+import bench_scripts
 
 
 @pytest.fixture(scope="module")
 def agg():
-    spec = importlib.util.spec_from_file_location("pruning_accuracy", ROOT / "benchmarks" / "pruning_accuracy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_scripts.load("pruning_accuracy")
 
 
 def _job(folder: Path, name: str, score: str, final: float, seed: int, acc: float | None,
