@@ -11,9 +11,13 @@
 * soft movement: learned scores ``S`` (own Adam) trained through the same straight-through top-k, with the
   regulariser ``lambda * sum(sigmoid(S))``.
 
-Measured on MiniLM + fortunes (2026-12-04): with monotone masks (a pruned weight never came back, as before this
-change) hard movement collapsed to chance (16.7%, 6 classes) at 63% sparsity, one epoch into the ramp: the first
-pruning steps rank on a few dozen steps of scores, and ``-W * grad`` is largest in size for the largest weights.
+Measured on MiniLM + fortunes (2026-12-04; README "Pruning II"): in that 270-step budget both movement scores, with
+monotone masks (before) and straight-through (now), collapse the model to chance (16.7%, 6 classes) at the first
+validation of the ramp. ``benchmarks/movement_probe.py`` shows why: after 1-3 epochs of dense fine-tuning a one-shot
+10% prune by hard movement already gives chance, where magnitude and a random 10% keep 67-79%. Movement prunes first
+the weights the gradient pushes towards zero, which to first order lowers the loss, but its lowest 10% hold 2.7x
+their share of each layer's largest weights, whose removal the curvature term makes costly; Sanh et al. accumulate
+the scores over thousands of steps, where the trend outweighs this.
 """
 from __future__ import annotations
 
