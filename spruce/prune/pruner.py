@@ -119,6 +119,8 @@ class MagnitudePruner:
         return self.score in ("movement", "soft_movement")
 
     def _set_mask(self, name: str, m: nn.Module, mask: torch.Tensor, pruned: torch.Tensor) -> None:
+        """Prune ``pruned`` (bool): movement masks become exactly ``~pruned`` (reviving weights), magnitude masks
+        only lose entries."""
         if self.revivable:
             self.movement.set_mask(name, m, ~pruned.to(mask.device))
         else:
@@ -165,10 +167,7 @@ class MagnitudePruner:
             if self.revivable or k > sum(int((~mask).sum()) for mask in masks.values()):
                 pruned = lowest_k_global([self._scores(n, m) for n, m in self.modules.items()], k)
                 for (name, m), mask, p in zip(self.modules.items(), masks.values(), pruned):
-                    if self.revivable:
-                        self.movement.set_mask(name, m, ~p.to(mask.device))
-                    else:
-                        mask.copy_(~p.to(mask.device))
+                    self._set_mask(name, m, mask, p)  # monotone: p holds every already-pruned weight (-inf)
         self.apply_masks()
         self.target = dict(sparsity) if isinstance(sparsity, Mapping) else float(sparsity)
         return self.sparsity()
