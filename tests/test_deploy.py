@@ -461,3 +461,34 @@ def test_bench_auto_keeps_dense_when_converted_model_is_slower(monkeypatch, tmp_
                                         "plan_budget_s=0.01"], tmp_path))
     assert out["layers_sparse"] == 0 and out["pruned_memory_ratio"] == 1.0 and out["fusions"] == 0
     assert any("slower than dense" in n for n in out["notes"])
+
+
+def test_dense_references_are_full_fp32_not_tf32():
+    # cuDNN's default lets FP32 convolutions run in TF32 on Ampere+; a reference computed so made every exact
+    # sparse kernel "fail" on an H200. The planner's and the verifier's references are computed with TF32 off,
+    # timings keep the defaults, and the flags are restored (also after an error).
+    from spruce.deploy.compare import exact_fp32
+    from spruce.deploy.plan import _dense_side
+    from spruce.deploy.runtime import reference_outputs
+
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = [f.allow_tf32 for f in flags]
+    try:
+        for f in flags:
+            f.allow_tf32 = True
+        seen = []
+        conv = nn.Conv2d(2, 3, 3)
+        conv.register_forward_hook(lambda m, a, out: seen.append([f.allow_tf32 for f in flags]))
+        x = torch.randn(1, 2, 6, 6)
+        reference_outputs(nn.Sequential(conv).eval(), x)
+        assert seen == [[False, False]]
+        seen.clear()
+        _dense_side(conv, x, "none", repeats=2, warmup=0, device="cpu", budget_s=1.0)
+        assert seen[0] == [False, False] and all(s == [True, True] for s in seen[1:]) and len(seen) >= 3
+        with pytest.raises(RuntimeError):
+            with exact_fp32():
+                raise RuntimeError("boom")
+        assert [f.allow_tf32 for f in flags] == [True, True]
+    finally:
+        for f, v in zip(flags, saved):
+            f.allow_tf32 = v

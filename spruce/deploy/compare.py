@@ -1,12 +1,33 @@
 """Output comparison shared by planning (candidate vs dense) and verification (converted vs dense model)."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from spruce.models.outputs import first_tensor  # noqa: F401 - re-exported: deploy modules use it from here
 
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL = 1e-4
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """Full FP32 inside: TF32 off for cuBLAS matmuls and cuDNN convolutions, restored after. PyTorch lets cuDNN run
+    FP32 convolutions in TF32 (a 10-bit mantissa) on Ampere and later by default, so a dense reference computed
+    with the defaults is off by ~1e-3 of its scale, and every exact FP32 sparse kernel then "fails" against it (seen
+    on an H200, 2026-12-04: all six CUDA kernels 3.7e-4 off on VGG-16's conv1_2). References are computed in here;
+    timings keep the defaults (what a user's dense model runs). No effect on CPU."""
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = [f.allow_tf32 for f in flags]
+    for f in flags:
+        f.allow_tf32 = False
+    try:
+        yield
+    finally:
+        for f, v in zip(flags, saved):
+            f.allow_tf32 = v
 
 
 def mismatch(y: torch.Tensor, ref: torch.Tensor, rtol: float = DEFAULT_RTOL,

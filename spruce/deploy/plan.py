@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spruce.deploy.compare import DEFAULT_ATOL, DEFAULT_RTOL, mismatch, run_hooked
+from spruce.deploy.compare import DEFAULT_ATOL, DEFAULT_RTOL, exact_fp32, mismatch, run_hooked
 from spruce.deploy.fusion import find_fusions
 from spruce.deploy.modules import SparseConv2d
 from spruce.perf.allocator import steady_allocator
@@ -238,7 +238,7 @@ def _dense_side(layer: nn.Module, x: torch.Tensor, activation: str, repeats: int
     layer is a fusion candidate (so the sparse epilogue is compared with what it replaces)."""
     def run() -> torch.Tensor:
         return apply_activation(layer(x), activation)
-    with torch.inference_mode():
+    with torch.inference_mode(), exact_fp32():
         ref = run()
     runs = time_ms(run, repeats=repeats, warmup=warmup, device=device, budget_s=budget_s)
     return ref, median(runs), len(runs), min(runs)

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spruce.deploy.compare import DEFAULT_ATOL, DEFAULT_RTOL, first_tensor, mismatch, run_model
+from spruce.deploy.compare import DEFAULT_ATOL, DEFAULT_RTOL, exact_fp32, first_tensor, mismatch, run_model
 from spruce.deploy.fusion import apply_fusion
 from spruce.deploy.memory import peak_bytes, reset_peak
 from spruce.deploy.modules import SparseConv2d, SparseLinear
@@ -137,7 +137,8 @@ def reference_outputs(dense_model: nn.Module, inputs: object) -> tuple[object, d
     """Record the dense model's output and every Linear/Conv2d output (in execution order) for a later
     :func:`verify_against`, so the dense model can be converted in place (or freed) before verification."""
     names = [n for n, m in dense_model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d) + SPARSE_MODULES)]
-    return _layer_outputs(dense_model, inputs, names)
+    with exact_fp32():  # the reference in full FP32, not cuDNN's default TF32
+        return _layer_outputs(dense_model, inputs, names)
 
 
 def verify_against(reference: tuple[object, dict[str, torch.Tensor], list[str]], sparse_model: nn.Module,
