@@ -480,8 +480,12 @@ def test_dense_references_are_full_fp32_not_tf32():
         conv = nn.Conv2d(2, 3, 3)
         conv.register_forward_hook(lambda m, a, out: seen.append([f.allow_tf32 for f in flags]))
         x = torch.randn(1, 2, 6, 6)
-        reference_outputs(nn.Sequential(conv).eval(), x)
+        model = nn.Sequential(conv).eval()
+        reference_outputs(model, x)
         assert seen == [[False, False]]
+        seen.clear()
+        verify(model, model, x)  # the converted side too (its dense layers feed the sparse ones)
+        assert seen == [[False, False]] * 2
         seen.clear()
         _dense_side(conv, x, "none", repeats=2, warmup=0, device="cpu", budget_s=1.0)
         assert seen[0] == [False, False] and all(s == [True, True] for s in seen[1:]) and len(seen) >= 3
