@@ -20,11 +20,15 @@ HYDRA_ONLY = {".hydra", "train.log"}
 
 
 def _remove_if_empty_run(run_dir: Path) -> None:
-    """Delete a run dir that holds only what Hydra wrote before the job failed (and its empty parents)."""
+    """Delete a run dir that holds only what Hydra wrote before the job failed, and, inside Hydra's default layout
+    (``outputs/`` or ``multirun/``), the dated parents it made that are now empty. A parent outside that layout (a
+    ``hydra.run.dir`` the user chose) is never removed, even when empty: it may be theirs, or a folder another run is
+    about to write into."""
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_ONLY:
         shutil.rmtree(run_dir)
+        root = next((p for p in run_dir.parents if p.name in ("outputs", "multirun")), None)
         parent = run_dir.parent
-        while parent.name not in ("outputs", "multirun", "") and parent.is_dir() and not any(parent.iterdir()):
+        while root is not None and parent != root and parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
             parent = parent.parent
 

@@ -232,3 +232,28 @@ def test_same_seed_same_initial_model():
     c, _, _ = prepare(make_cfg("model.width_div=16", "data.limit=50", "seed=4"))
     assert torch.equal(a.features[3].weight, b.features[3].weight)
     assert not torch.equal(a.features[3].weight, c.features[3].weight)
+
+
+def test_a_failed_run_removes_only_its_own_empty_folders(tmp_path):
+    # train.py deletes a run dir holding only Hydra's files after a failure; inside outputs/ (Hydra's default layout)
+    # also the dated parents left empty, but never a folder the user named (the CLI test ran jobs in parallel in one
+    # such folder, and one job's clean-up removed it under the others)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_entry", ROOT / "train.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+
+    def hydra_run(path):
+        (path / ".hydra").mkdir(parents=True)
+        (path / "train.log").write_text("")
+        return path
+    mine = tmp_path / "cli"
+    entry._remove_if_empty_run(hydra_run(mine / "t1"))
+    assert mine.is_dir() and not any(mine.iterdir())
+    run = hydra_run(tmp_path / "outputs" / "train" / "2026-12-04" / "10-00-00_x")
+    entry._remove_if_empty_run(run)
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == []  # date and train/ gone, outputs/ kept
+    kept = hydra_run(tmp_path / "outputs" / "train" / "d" / "run")
+    (kept / "summary.json").write_text("{}")  # a run that wrote something is not Hydra-only: untouched
+    entry._remove_if_empty_run(kept)
+    assert (kept / "summary.json").is_file()
