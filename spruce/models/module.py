@@ -9,7 +9,6 @@ Cross-entropy loss, accuracy, SGD or AdamW with warm-up + cosine. It records acc
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -18,6 +17,7 @@ from torch import nn
 
 from spruce.models.checkpoint import CHECKPOINT_VERSION
 from spruce.models.optim import build_optimizer, warmup_cosine
+from spruce.prune.schedule import optimizer_steps_per_epoch
 
 MASK = "weight_mask"
 
@@ -190,13 +190,7 @@ class SpruceModule(L.LightningModule):
 
     def steps_per_epoch(self) -> int | None:
         """Optimizer steps per epoch of this run (None without a trainer)."""
-        trainer = self._trainer
-        if trainer is None:
-            return None
-        n = trainer.num_training_batches
-        if not isinstance(n, (int, float)) or n != n or n in (0, float("inf")):
-            return None
-        return max(1, math.ceil(n / max(1, trainer.accumulate_grad_batches)))
+        return None if self._trainer is None else optimizer_steps_per_epoch(self._trainer)
 
     def lr_epoch_position(self) -> float | None:
         """Epochs of the LR schedule done: ``(global_step + offset) / steps_per_epoch`` (saved in checkpoints)."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Iterable
@@ -366,7 +367,6 @@ def _warn_implausible(prof: MachineProfile, path: Path) -> None:
     found = check_profile(prof)
     prof.meta["warnings"] = found
     if found:
-        import sys
         print(f"spruce: the machine profile {path} looks disturbed (another process had the CPU?): "
               + "; ".join(found) + ". Recalibrate on a quiet machine: "
               f"python -m spruce.perf threads={prof.threads} recalibrate=true",

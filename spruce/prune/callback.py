@@ -42,7 +42,7 @@ from spruce.prune.layers import default_prunable, infer_family, prunable_layers
 from spruce.prune.masks import MASKABLE
 from spruce.prune.pruner import SCOPES, MagnitudePruner
 from spruce.prune.schedule import agp_sparsity, check_agp_args, iterative_prune_steps, iterative_sparsity, \
-    oneshot_sparsity
+    oneshot_sparsity, optimizer_steps_per_epoch
 from spruce.prune.scores import SCORES
 from spruce.prune.structure import Structure
 from spruce.prune.targets import load_targets, resolve_targets
@@ -171,11 +171,11 @@ class PruningCallback(pl.Callback):
 
     def steps_per_epoch(self, trainer: pl.Trainer) -> int:
         """Optimizer steps per training epoch."""
-        n = trainer.num_training_batches
-        if not math.isfinite(n) or n <= 0:
-            raise ValueError(f"prune unit='epoch' needs a sized train dataloader (num_training_batches={n}); "
-                             f"use prune.unit=step")
-        return max(1, math.ceil(n / max(1, trainer.accumulate_grad_batches)))
+        spe = optimizer_steps_per_epoch(trainer)
+        if spe is None:
+            raise ValueError(f"prune unit='epoch' needs a sized train dataloader (num_training_batches="
+                             f"{trainer.num_training_batches}); use prune.unit=step")
+        return spe
 
     def schedule_steps(self, trainer: pl.Trainer) -> dict[str, int]:
         """``start``/``end``/``every`` converted to optimizer steps."""

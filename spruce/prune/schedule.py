@@ -111,3 +111,13 @@ def iterative_sparsity(step: int, final: float, start: int, end: int, iterations
     if k >= iterations:
         return float(final)
     return float(1.0 - math.pow(1.0 - final, k / iterations))
+
+
+def optimizer_steps_per_epoch(trainer) -> int | None:
+    """Optimizer steps per training epoch of a Lightning ``trainer`` (batches over gradient accumulation), or None
+    when its train dataloader has no length. Shared by the pruning schedule and the LR schedule in epochs."""
+    n = trainer.num_training_batches
+    if not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
+        return None
+    return max(1, math.ceil(n / max(1, trainer.accumulate_grad_batches)))
+
