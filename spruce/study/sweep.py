@@ -68,6 +68,12 @@ def _dense_baseline(case: Case, w: torch.Tensor, xs: dict, dense_kernel, repeats
     return pd, refs, dense_ms, dense_min
 
 
+def _timing_fields(tp: dict[str, float]) -> dict[str, float]:
+    """A row's timing columns (ms and speedups) from one ``time_pair`` result."""
+    return dict(time_ms=tp["fn_median"] * 1e3, dense_ms=tp["ref_median"] * 1e3, speedup_median=tp["ratio_median"],
+                time_min_ms=tp["fn_min"] * 1e3, dense_min_ms=tp["ref_min"] * 1e3, speedup=tp["ratio_min"])
+
+
 def _time_kernel_at(row: dict[str, Any], kn, packed, x: torch.Tensor, ref: torch.Tensor, dense_call,
                     repeats: int, budget_s: float) -> float | None:
     """Verify then time one kernel at one N, updating ``row``; returns the fastest-round speedup when timed."""
@@ -77,9 +83,7 @@ def _time_kernel_at(row: dict[str, Any], kn, packed, x: torch.Tensor, ref: torch
             row.update(status="wrong", error=err, time_ms="", speedup="", calls=0)
             return None
         tp = time_pair(dense_call, lambda: kn.matmul(packed, x), repeats, budget_s)
-        row.update(status="ok", error="", time_ms=tp["fn_median"] * 1e3, dense_ms=tp["ref_median"] * 1e3,
-                   speedup_median=tp["ratio_median"], time_min_ms=tp["fn_min"] * 1e3,
-                   dense_min_ms=tp["ref_min"] * 1e3, speedup=tp["ratio_min"], calls=tp["rounds"])
+        row.update(status="ok", error="", **_timing_fields(tp), calls=tp["rounds"])
         return tp["ratio_min"]
     except Exception as e:  # recorded as failed
         row.update(status="failed", error=io.first_line(e, 300, with_type=True), time_ms="", speedup="", calls=0)
@@ -97,9 +101,7 @@ def _confirm_hopeless(row: dict[str, Any], kn, packed, x: torch.Tensor, dense_ca
     tp = time_pair(dense_call, lambda: kn.matmul(packed, x), CONFIRM_ROUNDS, float("inf"))
     if tp["ratio_min"] <= ratio:
         return ratio
-    row.update(time_ms=tp["fn_median"] * 1e3, dense_ms=tp["ref_median"] * 1e3, speedup_median=tp["ratio_median"],
-               time_min_ms=tp["fn_min"] * 1e3, dense_min_ms=tp["ref_min"] * 1e3, speedup=tp["ratio_min"],
-               calls=row.get("calls", 0) + tp["rounds"])
+    row.update(**_timing_fields(tp), calls=row.get("calls", 0) + tp["rounds"])
     return tp["ratio_min"]
 
 
